@@ -1,0 +1,92 @@
+"""The command line: thin Typer commands over the library; every user error is printed here."""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import DlangError
+
+app = typer.Typer(
+    name="dlang",
+    help="dlang: differentiable programs from the command line.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+ProgramArg = Annotated[str, typer.Argument(help="The .dl program file.", metavar="PROGRAM", show_default=False)]
+ConstOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--const", metavar="NAME=VALUE",
+                 help="Override a const of the program with a number; may be repeated."),
+]
+
+
+class Stage(str, Enum):
+    ast = "ast"
+    ir = "ir"
+
+
+@app.command()
+def check(program: ProgramArg, const: ConstOpt = None) -> None:
+    """Parse and check PROGRAM; print every problem found, or a one-line summary."""
+    from .frontend import load_program
+    from .render import summary
+
+    prog = load_program(program, const)
+    typer.echo(summary(program, prog))
+    if not prog.has_loss:
+        typer.echo(f"{program}: warning: no loss statement, so grad and train have nothing to fit", err=True)
+
+
+@app.command()
+def emit(
+    program: ProgramArg,
+    stage: Annotated[Stage, typer.Option(help="What to print: the parsed program (ast) or the IR (ir).")] = Stage.ir,
+    const: ConstOpt = None,
+) -> None:
+    """Print PROGRAM at a stage of compilation, syntax-highlighted on a terminal."""
+    from . import render
+    from .frontend import load_program, parse_source, read_source
+
+    if stage is Stage.ast:
+        from .nodes import dump
+
+        text = dump(parse_source(read_source(program), program))
+        render.show(text, "ast")
+    else:
+        from .irtext import print_program
+
+        render.show(print_program(load_program(program, const)), "ir")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; user errors exit 1 with a message and never a traceback."""
+    try:
+        app(args=argv)
+    except SystemExit as ex:
+        # Typer exits 2 on a bad option or argument (after printing why); a bad option is a
+        # user error like any other, so it exits 1.
+        sys.exit(1 if ex.code == 2 else ex.code)
+    except DlangError as err:
+        from .render import print_error
+
+        print_error(err)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write("dlang: interrupted\n")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(0)
+    except Exception as err:  # noqa: BLE001 - a bug of ours: say so plainly, without a traceback
+        sys.stderr.write(f"dlang: internal error ({type(err).__name__}: {err}); this is a bug in dlang, "
+                         "please report it with the program that caused it\n")
+        sys.exit(3)
+
+
+if __name__ == "__main__":
+    main()

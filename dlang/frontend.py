@@ -1,0 +1,77 @@
+"""The front end's pipeline: source text to checked IR, one named step per line."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from . import nodes
+from .check import check
+from .consts import parse_overrides
+from .errors import Diagnostic, InputError, ProgramError
+from .ir import Program
+from .syntax import parse
+
+# Deeply nested programs are valid; the checker walks them recursively.
+_RECURSION_LIMIT = 20_000
+
+
+def read_source(path: str) -> str:
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(Diagnostic("is a directory, not a program file", None, path))
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise InputError(Diagnostic("no such file", None, path)) from None
+    except OSError as err:
+        raise InputError(Diagnostic(f"cannot read the file ({err.strerror})", None, path)) from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(Diagnostic(f"the file is not UTF-8 text (bad byte at offset {err.start})",
+                                    None, path)) from None
+
+
+def parse_source(source: str, path: str | None = None) -> nodes.Program:
+    with _deep_recursion():
+        try:
+            return parse(source, path)
+        except RecursionError:
+            raise _too_deep(path, source) from None
+
+
+def compile_source(source: str, path: str | None = None, consts: dict[str, str] | list[str] | None = None) -> Program:
+    """Parse and check a program, giving its IR."""
+    overrides = parse_overrides(_as_pairs(consts))
+    with _deep_recursion():
+        try:
+            tree = parse(source, path)
+            return check(tree, overrides, path, source)
+        except RecursionError:
+            raise _too_deep(path, source) from None
+
+
+def load_program(path: str, consts: dict[str, str] | list[str] | None = None) -> Program:
+    """Read, parse and check the program at `path`."""
+    return compile_source(read_source(path), path, consts)
+
+
+def _as_pairs(consts) -> list[str]:
+    if consts is None:
+        return []
+    if isinstance(consts, dict):
+        return [f"{k}={v}" for k, v in consts.items()]
+    return list(consts)
+
+
+def _too_deep(path, source) -> ProgramError:
+    return ProgramError(Diagnostic("the program is nested too deeply to check", None, path), source)
+
+
+class _deep_recursion:
+    def __enter__(self):
+        self.old = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(self.old, _RECURSION_LIMIT))
+
+    def __exit__(self, *exc):
+        sys.setrecursionlimit(self.old)

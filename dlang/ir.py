@@ -1,0 +1,221 @@
+"""The IR: SSA equations `outs = op[params] ins` with structured regions for for, while and if.
+
+Values are immutable (arrays included: `setindex` makes a new array value, which codegen may
+update in place when the old one is dead). A region (`Block`) may read any value defined
+before it in an enclosing block; values it changes across iterations or branches flow in
+through its params and out through its results, as in MLIR's `scf` dialect.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Union
+
+
+@dataclass(frozen=True)
+class Type:
+    """f64, i64 or bool; f64 values may be arrays of a fixed shape."""
+
+    kind: str  # "f64", "i64", "bool"
+    shape: tuple[int, ...] = ()
+
+    @property
+    def is_array(self) -> bool:
+        return bool(self.shape)
+
+    @property
+    def scalar(self) -> "Type":
+        return Type(self.kind)
+
+    def __str__(self) -> str:
+        if self.shape:
+            return f"{self.kind}[{','.join(map(str, self.shape))}]"
+        return self.kind
+
+
+F64 = Type("f64")
+I64 = Type("i64")
+BOOL = Type("bool")
+
+
+def array(*shape: int) -> Type:
+    return Type("f64", tuple(shape))
+
+
+@dataclass(frozen=True)
+class Var:
+    """An SSA value. `hint` is the source name it came from, used only for printing."""
+
+    id: int
+    type: Type
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class Lit:
+    value: float | int | bool
+    type: Type
+
+    def __post_init__(self):
+        # 1 and 1.0 compare equal in Python; keep literals of different types distinct.
+        object.__setattr__(self, "value", _normalise(self.value, self.type))
+
+
+def _normalise(value, type_: Type):
+    if type_ == BOOL:
+        return bool(value)
+    if type_ == I64:
+        return int(value)
+    return float(value)
+
+
+Atom = Union[Var, Lit]
+Loc = tuple[int, int]  # source line and column, for messages about a running program
+
+
+@dataclass(frozen=True)
+class Eqn:
+    outs: tuple[Var, ...]
+    op: str
+    params: tuple[tuple[str, object], ...]
+    ins: tuple[Atom, ...]
+    loc: Loc | None = None
+
+    def param(self, name: str):
+        return dict(self.params)[name]
+
+
+@dataclass(frozen=True)
+class Block:
+    """A region: params bound on entry, equations in order, results handed back."""
+
+    params: tuple[Var, ...]
+    eqns: tuple["Stmt", ...]
+    results: tuple[Atom, ...]
+
+
+@dataclass(frozen=True)
+class ForLoop:
+    """outs = for lo..hi with carried values: body.params = (index, *carried)."""
+
+    outs: tuple[Var, ...]
+    lo: Atom
+    hi: Atom
+    inits: tuple[Atom, ...]
+    body: Block
+    loc: Loc | None = None
+
+
+@dataclass(frozen=True)
+class WhileLoop:
+    """outs = while cond(carried) { body(carried) }; cond.results = (bool,)."""
+
+    outs: tuple[Var, ...]
+    inits: tuple[Atom, ...]
+    cond: Block
+    body: Block
+    loc: Loc | None = None
+
+
+@dataclass(frozen=True)
+class IfElse:
+    """outs = then.results if cond else orelse.results; both blocks take no params."""
+
+    outs: tuple[Var, ...]
+    cond: Atom
+    then: Block
+    orelse: Block
+    loc: Loc | None = None
+
+
+Stmt = Union[Eqn, ForLoop, WhileLoop, IfElse]
+
+
+@dataclass(frozen=True)
+class DataInput:
+    name: str
+    type: Type
+
+
+@dataclass(frozen=True)
+class ParamInput:
+    """A learnable input; init is ("value", x), ("normal", mean, sd) or ("uniform", lo, hi)."""
+
+    name: str
+    type: Type
+    init: tuple
+
+
+@dataclass(frozen=True)
+class Program:
+    """One row's computation. body.params = data vars then param vars; body.results = (loss, *outputs)."""
+
+    consts: tuple[tuple[str, float | int], ...]
+    data: tuple[DataInput, ...]
+    params: tuple[ParamInput, ...]
+    outputs: tuple[str, ...]
+    body: Block
+    has_loss: bool = True
+    source_path: str | None = field(default=None, compare=False)
+
+
+def blocks_of(stmt: Stmt) -> tuple[Block, ...]:
+    """The regions nested directly in a statement."""
+    if isinstance(stmt, ForLoop):
+        return (stmt.body,)
+    if isinstance(stmt, WhileLoop):
+        return (stmt.cond, stmt.body)
+    if isinstance(stmt, IfElse):
+        return (stmt.then, stmt.orelse)
+    return ()
+
+
+def walk(block: Block) -> Iterator[Stmt]:
+    """Every statement in a block and its nested regions, outer before inner, in order."""
+    stack = [iter(block.eqns)]
+    while stack:
+        try:
+            stmt = next(stack[-1])
+        except StopIteration:
+            stack.pop()
+            continue
+        yield stmt
+        for inner in reversed(blocks_of(stmt)):
+            stack.append(iter(inner.eqns))
+
+
+def renumber(program: Program) -> Program:
+    """The same program with var ids 1, 2, 3 ... in the order the printer shows definitions.
+
+    Lowering hands out ids as it goes; this makes them canonical, so that a program printed
+    and parsed back compares equal to the original.
+    """
+    mapping: dict[int, Var] = {}
+
+    def define(v: Var) -> Var:
+        new = Var(len(mapping) + 1, v.type, v.hint)
+        mapping[v.id] = new
+        return new
+
+    def atom(a: Atom) -> Atom:
+        return mapping[a.id] if isinstance(a, Var) else a
+
+    def block(b: Block) -> Block:
+        params = tuple(define(p) for p in b.params)
+        return Block(params, tuple(stmt(s) for s in b.eqns), tuple(atom(r) for r in b.results))
+
+    def stmt(s: Stmt) -> Stmt:
+        if isinstance(s, Eqn):
+            ins = tuple(atom(a) for a in s.ins)
+            return Eqn(tuple(define(v) for v in s.outs), s.op, s.params, ins, s.loc)
+        outs = tuple(define(v) for v in s.outs)
+        if isinstance(s, ForLoop):
+            lo, hi, inits = atom(s.lo), atom(s.hi), tuple(atom(a) for a in s.inits)
+            return ForLoop(outs, lo, hi, inits, block(s.body), s.loc)
+        if isinstance(s, WhileLoop):
+            inits = tuple(atom(a) for a in s.inits)
+            return WhileLoop(outs, inits, block(s.cond), block(s.body), s.loc)
+        cond = atom(s.cond)
+        return IfElse(outs, cond, block(s.then), block(s.orelse), s.loc)
+
+    return Program(program.consts, program.data, program.params, program.outputs,
+                   block(program.body), program.has_loss, program.source_path)
