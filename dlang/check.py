@@ -396,6 +396,8 @@ class _Checker:
             if a.atom.type != b.atom.type and ERR not in (a.atom.type, b.atom.type):
                 self.report(f"'{name}' is {describe(a.atom.type)} in one branch of this if and "
                             f"{describe(b.atom.type)} in the other", s.span)
+                scope.locals[name] = _Binding(POISON, s.span)
+                scope.maybe.pop(name, None)
                 continue
             merged.append(name)
         for name, why in then_scope.maybe.items() | else_scope.maybe.items():

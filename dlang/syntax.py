@@ -1,6 +1,7 @@
 """Parsing: dlang source text to the AST of dlang.nodes, with syntax errors in plain words."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from lark import Lark, Token, Transformer_NonRecursive, v_args
@@ -264,6 +265,15 @@ def _describe_expected(expected: set[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " or " + parts[-1]
 
 
+KEYWORDS = {"const", "data", "param", "fn", "return", "for", "in", "while", "if", "else", "loss",
+            "output", "and", "or", "not", "true", "false"}
+
+
+def source_line_prefix(err: UnexpectedInput, line: int, col: int) -> str:
+    lines = (getattr(err, "_dlang_source", "") or "").splitlines()
+    return lines[line - 1][: col - 1] if 0 < line <= len(lines) else ""
+
+
 def _syntax_diagnostic(err: UnexpectedInput, path: str | None) -> Diagnostic:
     if isinstance(err, UnexpectedCharacters):
         span = Span(err.line, err.column, err.line, err.column + 1)
@@ -291,6 +301,10 @@ def _syntax_diagnostic(err: UnexpectedInput, path: str | None) -> Diagnostic:
             span, path, note="use '==' to compare",
         )
     note = None
+    before = source_line_prefix(err, line, col)
+    word = re.search(r"([A-Za-z_][A-Za-z0-9_]*)\s*$", before)
+    if "NAME" in expected and word and word.group(1) in KEYWORDS:
+        note = f"'{word.group(1)}' is a reserved word; it cannot be used as a name"
     if tok.type == "__ANON_0":
         note = "'..' only appears in a for loop: for i in A..B { ... }"
     return Diagnostic(f"expected {_describe_expected(expected)}, but found {found}", span, path, note)
@@ -301,5 +315,6 @@ def parse(source: str, path: str | None = None) -> n.Program:
     try:
         tree = _get_parser().parse(source)
     except UnexpectedInput as err:
+        err._dlang_source = source
         raise ProgramError(_syntax_diagnostic(err, path), source) from None
     return _ToAst().transform(tree)
