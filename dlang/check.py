@@ -17,7 +17,7 @@ from . import nodes as n
 from .consts import INT_MAX, ConstEvaluator
 from .errors import Diagnostic, ProgramError, Span
 from .ir import BOOL, F64, I64, Block, Eqn, ForLoop, IfElse, Lit, Type, Var, WhileLoop
-from .prims import BINARY_MATH, UNARY_MATH, TypeRuleError, result_type
+from .prims import UNARY_MATH, TypeRuleError, result_type
 
 ERR = Type("error")
 POISON = Lit(0.0, ERR)

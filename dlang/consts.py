@@ -5,8 +5,8 @@ import math
 import re
 
 from . import nodes as n
-from .errors import Diagnostic, InputError, Span
-from .prims import BINARY_MATH, TERNARY_MATH, UNARY_MATH, math_scalar
+from .errors import InputError, Span
+from .prims import TERNARY_MATH, UNARY_MATH, math_scalar
 
 # A number as dlang writes it, with an optional sign: nothing else is accepted from --const.
 NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?)")
@@ -131,5 +131,3 @@ class ConstEvaluator:
         )
         return None
 
-
-__all__ = ["ConstEvaluator", "parse_overrides", "BINARY_MATH", "Diagnostic"]

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 
 from .errors import Diagnostic, InputError, RuntimeFault, Span
-from .ir import Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Var, WhileLoop
+from .ir import Atom, Block, Eqn, ForLoop, Lit, Program, WhileLoop
 from .prims import IndexOutOfRange, evaluate
 
 DEFAULT_MAX_ITERATIONS = 100_000_000
@@ -143,5 +143,3 @@ class _Interpreter:
                 env[v.id] = x
         return [self.value(r, env) for r in b.results]
 
-
-__all__ = ["initial_params", "read_rows", "run_row", "program_loss", "Var"]

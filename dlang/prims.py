@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import math
-
 from .ir import BOOL, F64, I64, Type
 
 
@@ -173,9 +171,9 @@ def _check_index(idx: tuple[int, ...], shape: tuple[int, ...]) -> None:
 
 def evaluate(op: str, params: dict, args: list, out_type: Type):
     """Apply op to Python/NumPy values. Floats follow IEEE (no exceptions); ints stay Python ints."""
-    np = _np()
     if out_type == I64:
         return int({**BINARY_MATH, **UNARY_MATH}[op](*args))
+    np = _np()
     if op in ELEMENTWISE:
         with np.errstate(all="ignore"):
             args = [np.float64(a) if not isinstance(a, np.ndarray) else a for a in args]
@@ -218,5 +216,3 @@ def math_scalar(op: str, args: list[float]) -> float:
     """A float math op on Python floats (for constant evaluation), with IEEE results."""
     return float(evaluate(op, {}, [float(a) for a in args], F64))
 
-
-__all__ = ["result_type", "evaluate", "math_scalar", "TypeRuleError", "IndexOutOfRange", "matmul_shape", "math"]

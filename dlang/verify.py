@@ -131,5 +131,3 @@ def _describe(s: Stmt) -> str:
         return s.op
     return type(s).__name__
 
-
-__all__ = ["verify", "IRError", "F64"]

@@ -1,0 +1,47 @@
+"""Shared test helpers: run the CLI in-process and capture what a user would see."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dlang.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+PROGRAMS = ROOT / "programs"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """run_cli(*args) -> CliResult(code, out, err), running `dlang ARGS` in this process."""
+
+    def run(*args: str) -> CliResult:
+        code = 0
+        try:
+            main([str(a) for a in args])
+        except SystemExit as ex:
+            code = ex.code if isinstance(ex.code, int) else (0 if ex.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def write_program(tmp_path):
+    """write_program(text, name="p.dl") -> path of a new program file holding `text`."""
+
+    def write(text: str, name: str = "p.dl") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
