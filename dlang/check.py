@@ -96,8 +96,10 @@ class _Checker:
             from .prims import evaluate
 
             value = evaluate(op, params, [a.value for a in ins], I64)
-            if abs(value) <= INT_MAX:
-                return Lit(value, I64)
+            if abs(value) > INT_MAX:
+                self.report(f"this int arithmetic overflows: the result {value} is too large", node.span)
+                return POISON
+            return Lit(value, I64)
         if op == "to_float" and isinstance(ins[0], Lit):
             return Lit(float(ins[0].value), F64)
         var = self.fresh(out, hint)
@@ -425,8 +427,8 @@ class _Checker:
             if binding.atom.type == ERR:  # already reported inside the loop
                 scope.locals[name] = binding
             else:
-                scope.maybe.setdefault(name, f"it is assigned only inside the {what} at line {s.span.line}, "
-                                             "which may run zero times")
+                scope.maybe.setdefault(name, f"it is first assigned inside the {what} at line {s.span.line}, "
+                                             "and a local first assigned in a loop is not defined after it")
         for name, why in inner.maybe.items():
             if name not in scope.locals:
                 scope.maybe.setdefault(name, why)
@@ -508,7 +510,10 @@ class _Checker:
     def expr(self, e: n.Expr, scope: _Scope, hint: str = "") -> ir.Atom:
         if isinstance(e, n.Num):
             if e.is_int and e.value > INT_MAX:
-                self.report(f"the integer {e.value} is too large (the largest int is {INT_MAX})", e.span)
+                self.report(f"this integer is too large (the largest int is {INT_MAX})", e.span)
+                return POISON
+            if not e.is_int and e.value == float("inf"):
+                self.report("this number is too large for a float", e.span)
                 return POISON
             return Lit(e.value, I64 if e.is_int else F64)
         if isinstance(e, n.Bool):

@@ -44,7 +44,7 @@ class Diagnostic:
 
 
 def _excerpt(source: str, span: Span) -> list[str]:
-    text_lines = source.splitlines()
+    text_lines = source.split("\n")  # line numbers count "\n" only, as the lexer does
     if not 1 <= span.line <= len(text_lines):
         return []
     text = text_lines[span.line - 1].expandtabs(1)

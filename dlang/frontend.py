@@ -7,9 +7,9 @@ from pathlib import Path
 from . import nodes
 from .check import check
 from .consts import parse_overrides
-from .errors import Diagnostic, InputError, ProgramError
+from .errors import Diagnostic, InputError, ProgramError, Span
 from .ir import Program
-from .syntax import parse
+from .syntax import normalise_newlines, parse
 
 # Deeply nested programs are valid; the checker walks them recursively.
 _RECURSION_LIMIT = 20_000
@@ -28,11 +28,15 @@ def read_source(path: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise InputError(Diagnostic(f"the file is not UTF-8 text (bad byte at offset {err.start})",
-                                    None, path)) from None
+        line = data.count(b"\n", 0, err.start) + 1
+        col = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        shown = data.decode("utf-8", errors="replace")
+        raise InputError(Diagnostic(f"the file is not UTF-8 text: byte 0x{data[err.start]:02x} cannot be read",
+                                    Span(line, col, line, col + 1), path), shown) from None
 
 
 def parse_source(source: str, path: str | None = None) -> nodes.Program:
+    source = normalise_newlines(source)
     with _deep_recursion():
         try:
             return parse(source, path)
@@ -43,6 +47,7 @@ def parse_source(source: str, path: str | None = None) -> nodes.Program:
 def compile_source(source: str, path: str | None = None, consts: dict[str, str] | list[str] | None = None) -> Program:
     """Parse and check a program, giving its IR."""
     overrides = parse_overrides(_as_pairs(consts))
+    source = normalise_newlines(source)
     with _deep_recursion():
         try:
             tree = parse(source, path)

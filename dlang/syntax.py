@@ -181,7 +181,9 @@ class _ToAst(Transformer_NonRecursive):
         return n.Index(c[0], tuple(c[1:]), span=_span(meta))
 
     def int_lit(self, meta, c):
-        return n.Num(int(c[0]), True, span=_span(c[0]))
+        text = str(c[0])
+        value = int(text) if len(text) <= 40 else 10**40  # past any int64: the checker refuses it
+        return n.Num(value, True, span=_span(c[0]))
 
     def float_lit(self, meta, c):
         return n.Num(float(c[0]), False, span=_span(c[0]))
@@ -210,7 +212,7 @@ _WORDS = {
     "FLOAT": "a number",
     "_SEP": "a new line",
     "$END": "the end of the file",
-    "AUG_OP": "'+=', '-=', '*=' or '/='",
+    "AUG_OP": "an update such as '+='",
     "CMP_OP": "a comparison",
 }
 _EXPR_START = {"NAME", "INT", "FLOAT", "LPAR", "MINUS", "NOT", "TRUE", "FALSE"}
@@ -269,6 +271,18 @@ KEYWORDS = {"const", "data", "param", "fn", "return", "for", "in", "while", "if"
             "output", "and", "or", "not", "true", "false"}
 
 
+def _end_of_content(source: str, tok: Token, line: int) -> tuple[int, int]:
+    """Where a missing piece belongs: just after the last thing written before `tok`."""
+    lines = source.split("\n")
+    if tok.type == "$END":
+        line = len(lines)
+    # step back over blank and comment-only lines
+    while line > 1 and not re.sub(r"#.*", "", lines[line - 1]).strip():
+        line -= 1
+    text = re.sub(r"#.*", "", lines[line - 1]).rstrip()
+    return line, len(text) + 1
+
+
 def source_line_prefix(err: UnexpectedInput, line: int, col: int) -> str:
     lines = (getattr(err, "_dlang_source", "") or "").splitlines()
     return lines[line - 1][: col - 1] if 0 < line <= len(lines) else ""
@@ -283,6 +297,8 @@ def _syntax_diagnostic(err: UnexpectedInput, path: str | None) -> Diagnostic:
     line = tok.line if tok.line is not None else getattr(err, "line", 1)
     col = tok.column if tok.column is not None else getattr(err, "column", 1)
     width = len(str(tok.value)) if tok.type not in ("$END", "_SEP") else 1
+    if tok.type == "$END" or (tok.type == "_SEP" and tok.value != ";"):
+        line, col = _end_of_content(getattr(err, "_dlang_source", ""), tok, line)
     span = Span(line, col, line, col + max(1, width))
     found = _describe_found(tok)
     expected = set(err.expected)
@@ -303,15 +319,24 @@ def _syntax_diagnostic(err: UnexpectedInput, path: str | None) -> Diagnostic:
     note = None
     before = source_line_prefix(err, line, col)
     word = re.search(r"([A-Za-z_][A-Za-z0-9_]*)\s*$", before)
-    if "NAME" in expected and word and word.group(1) in KEYWORDS:
+    if "NAME" in expected and str(tok.value) in KEYWORDS:
+        note = f"'{tok.value}' is a reserved word; it cannot be used as a name"
+    elif "NAME" in expected and word and word.group(1) in KEYWORDS:
         note = f"'{word.group(1)}' is a reserved word; it cannot be used as a name"
     if tok.type == "__ANON_0":
         note = "'..' only appears in a for loop: for i in A..B { ... }"
     return Diagnostic(f"expected {_describe_expected(expected)}, but found {found}", span, path, note)
 
 
+def normalise_newlines(source: str) -> str:
+    """CRLF and lone CR line ends become LF, so lines and columns count the same everywhere."""
+    return source.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def parse(source: str, path: str | None = None) -> n.Program:
-    """Parse dlang source into an AST; a syntax error raises ProgramError with one diagnostic."""
+    """Parse dlang source into an AST; a syntax error raises ProgramError with one diagnostic.
+
+    The source should have "\n" line ends (see normalise_newlines)."""
     try:
         tree = _get_parser().parse(source)
     except UnexpectedInput as err:
