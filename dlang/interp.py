@@ -80,12 +80,23 @@ def read_rows(prog: Program, csv_path: str) -> list[dict[str, float | np.ndarray
     return rows
 
 
+def run_body(prog: Program, row: dict, params: dict, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> list:
+    """The body's results for one row: loss, outputs, then gradients (on an adjoint program)."""
+    inputs = [row[d.name] for d in prog.data] + [params[p.name] for p in prog.params]
+    return _Interpreter(prog, max_iterations).block(prog.body, {}, inputs)
+
+
 def run_row(prog: Program, row: dict, params: dict, max_iterations: int = DEFAULT_MAX_ITERATIONS):
     """(loss, {output name: value}) for one row of data."""
-    inputs = [row[d.name] for d in prog.data] + [params[p.name] for p in prog.params]
-    results = _Interpreter(prog, max_iterations).block(prog.body, {}, inputs)
-    loss, *outs = results
+    loss, *outs = run_body(prog, row, params, max_iterations)[: 1 + len(prog.outputs)]
     return float(loss), dict(zip(prog.outputs, outs))
+
+
+def grad_row(adjoint: Program, row: dict, params: dict) -> tuple[float, dict]:
+    """(loss, {param: gradient}) for one row, by interpreting an adjoint program."""
+    results = run_body(adjoint, row, params)
+    grads = results[1 + len(adjoint.outputs):]
+    return float(results[0]), dict(zip(adjoint.grads, grads))
 
 
 def program_loss(prog: Program, rows: list[dict] | None, params: dict | None = None) -> float:
@@ -101,6 +112,7 @@ class _Interpreter:
     def __init__(self, prog: Program, max_iterations: int):
         self.prog = prog
         self.max_iterations = max_iterations
+        self.tape: list = []
 
     def fault(self, message: str, loc) -> RuntimeFault:
         span = Span(loc[0], loc[1], loc[0], loc[1] + 1) if loc else None
@@ -114,6 +126,13 @@ class _Interpreter:
         for v, x in zip(b.params, args):
             env[v.id] = x
         for s in b.eqns:
+            if isinstance(s, Eqn) and s.op == "push":
+                x = self.value(s.ins[0], env)
+                self.tape.append(x.copy() if isinstance(x, np.ndarray) else x)
+                continue
+            if isinstance(s, Eqn) and s.op == "pop":
+                env[s.outs[0].id] = self.tape.pop()
+                continue
             if isinstance(s, Eqn):
                 args_ = [self.value(a, env) for a in s.ins]
                 try:

@@ -7,7 +7,7 @@ through its params and out through its results, as in MLIR's `scf` dialect.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Union
 
 
@@ -147,7 +147,8 @@ class ParamInput:
 
 @dataclass(frozen=True)
 class Program:
-    """One row's computation. body.params = data vars then param vars; body.results = (loss, *outputs)."""
+    """One row's computation. body.params = data vars then param vars;
+    body.results = (loss, *outputs, *gradients of the params named in grads)."""
 
     consts: tuple[tuple[str, float | int], ...]
     data: tuple[DataInput, ...]
@@ -156,6 +157,7 @@ class Program:
     body: Block
     has_loss: bool = True
     source_path: str | None = field(default=None, compare=False)
+    grads: tuple[str, ...] = ()  # set on an adjoint program: d(loss)/d(param) for these params
 
 
 def blocks_of(stmt: Stmt) -> tuple[Block, ...]:
@@ -217,5 +219,4 @@ def renumber(program: Program) -> Program:
         cond = atom(s.cond)
         return IfElse(outs, cond, block(s.then), block(s.orelse), s.loc)
 
-    return Program(program.consts, program.data, program.params, program.outputs,
-                   block(program.body), program.has_loss, program.source_path)
+    return replace(program, body=block(program.body))

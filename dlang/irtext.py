@@ -64,6 +64,8 @@ def print_program(program: Program) -> str:
         out.append(f"param {p.name}: {p.type} {init}")
     for o in program.outputs:
         out.append(f"output {o}")
+    for g in program.grads:
+        out.append(f"grad {g}")
     if not program.has_loss:
         out.append("loss none")
     params = ", ".join(f"{names.define(v)}: {v.type}" for v in program.body.params)
@@ -98,7 +100,8 @@ def _print_stmt(s: Stmt, names: _Names, out: list[str], indent: str) -> None:
         if s.params:
             params = "[" + ", ".join(f"{k}={_format_param(v)}" for k, v in s.params) + "]"
         ins = "".join(" " + _atom(a, names) for a in s.ins)
-        out.append(f"{indent}{_defs(s.outs, names)} = {s.op}{params}{ins}{_loc(s.loc)}")
+        lhs = f"{_defs(s.outs, names)} = " if s.outs else ""
+        out.append(f"{indent}{lhs}{s.op}{params}{ins}{_loc(s.loc)}")
         return
     lhs = _defs(s.outs, names) + " = " if s.outs else ""
     inner = indent + "  "
@@ -250,7 +253,7 @@ class _Parser:
         return float(self.take(kind="num"))
 
     def program(self) -> Program:
-        consts, data, params, outputs = [], [], [], []
+        consts, data, params, outputs, grads = [], [], [], [], []
         has_loss = True
         while not self.peek("body"):
             word = self.take(kind="name")
@@ -282,6 +285,8 @@ class _Parser:
                 params.append(ParamInput(name, type_, init))
             elif word == "output":
                 outputs.append(self.take(kind="name"))
+            elif word == "grad":
+                grads.append(self.take(kind="name"))
             elif word == "loss":
                 self.take("none")
                 has_loss = False
@@ -295,7 +300,8 @@ class _Parser:
         self.take("{")
         body = self.block_rest(body_params, "return")
         self.take(kind="eof")
-        return Program(tuple(consts), tuple(data), tuple(params), tuple(outputs), body, has_loss)
+        return Program(tuple(consts), tuple(data), tuple(params), tuple(outputs), body, has_loss,
+                       grads=tuple(grads))
 
     def block_rest(self, params: tuple[Var, ...], end: str) -> Block:
         """Statements up to `end results }` (the opening brace already taken)."""
@@ -308,9 +314,11 @@ class _Parser:
         return Block(params, tuple(eqns), results)
 
     def stmt(self) -> Stmt:
-        outs = self.defs("=")
-        self.take("=")
         line = self.toks[self.k][2]
+        outs: tuple[Var, ...] = ()
+        if self.peek(kind="var"):  # only push has no outputs
+            outs = self.defs("=")
+            self.take("=")
         head = self.take(kind="name")
         if head == "for":
             lo, hi = self.atom(), self.atom()

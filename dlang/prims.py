@@ -63,6 +63,9 @@ BINARY_MATH: dict[str, Callable] = {
     "atan2": lambda a, b: _np().arctan2(a, b),
     "min": lambda a, b: _np().minimum(a, b),
     "max": lambda a, b: _np().maximum(a, b),
+    # 1.0 where the comparison holds, else 0.0: used by derivative rules at kinks
+    "mask_ge": lambda a, b: _np().greater_equal(a, b) * 1.0,
+    "mask_gt": lambda a, b: _np().greater(a, b) * 1.0,
 }
 
 TERNARY_MATH: dict[str, Callable] = {
@@ -145,7 +148,15 @@ def result_type(op: str, ins: list[Type], params: dict) -> Type:
         if arr.kind != "f64" or len(idx) > len(arr.shape) or any(t != I64 for t in idx):
             raise TypeRuleError(f"cannot index {arr} with {len(idx)} int indices")
         return Type("f64", arr.shape[len(idx):])
-    if op == "setindex" and n >= 3:
+    if op == "transpose" and n == 1 and ins[0].kind == "f64" and len(ins[0].shape) == 2:
+        return Type("f64", ins[0].shape[::-1])
+    if op == "outer" and n == 2 and all(t.kind == "f64" and len(t.shape) == 1 for t in ins):
+        return Type("f64", ins[0].shape + ins[1].shape)
+    if op == "broadcast" and ins == [F64]:
+        return Type("f64", tuple(params["shape"]))
+    if op == "push" and n == 1:
+        raise TypeRuleError("push has no result")
+    if op in ("setindex", "addindex") and n >= 3:
         arr, value, idx = ins[0], ins[1], ins[2:]
         if arr.kind != "f64" or len(idx) > len(arr.shape) or any(t != I64 for t in idx):
             raise TypeRuleError(f"cannot index {arr} with {len(idx)} int indices")
@@ -203,12 +214,21 @@ def evaluate(op: str, params: dict, args: list, out_type: Type):
         _check_index(idx, args[0].shape)
         value = args[0][idx]
         return value.copy() if isinstance(value, np.ndarray) else float(value)
-    if op == "setindex":
+    if op in ("setindex", "addindex"):
         idx = tuple(args[2:])
         _check_index(idx, args[0].shape)
         new = args[0].copy()
-        new[idx] = args[1]
+        if op == "setindex":
+            new[idx] = args[1]
+        else:
+            new[idx] += args[1]
         return new
+    if op == "transpose":
+        return args[0].T.copy()
+    if op == "outer":
+        return np.outer(args[0], args[1])
+    if op == "broadcast":
+        return np.full(params["shape"], float(args[0]))
     raise NotImplementedError(f"the interpreter has no rule for op {op}")
 
 

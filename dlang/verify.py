@@ -31,10 +31,16 @@ class _Verifier:
             self.fail("body", "params do not match the data and param declarations")
         if len(set(p.outputs)) != len(p.outputs):
             self.fail("body", "output names repeat")
-        if len(p.body.results) != 1 + len(p.outputs):
-            self.fail("body", f"returns {len(p.body.results)} values for the loss and {len(p.outputs)} outputs")
+        if len(p.body.results) != 1 + len(p.outputs) + len(p.grads):
+            self.fail("body", f"returns {len(p.body.results)} values for the loss, {len(p.outputs)} outputs "
+                              f"and {len(p.grads)} gradients")
         elif p.body.results and p.body.results[0].type != F64:
             self.fail("body", f"the loss is {p.body.results[0].type}, not f64")
+        else:
+            types = {q.name: q.type for q in p.params}
+            for name, r in zip(p.grads, p.body.results[1 + len(p.outputs):]):
+                if types.get(name) != r.type:
+                    self.fail("body", f"the gradient of {name} is {r.type}, not {types.get(name)}")
         for q in p.params:
             if q.init[0] not in ("value", "normal", "uniform"):
                 self.fail(f"param {q.name}", f"unknown init {q.init[0]}")
@@ -69,8 +75,14 @@ class _Verifier:
         if isinstance(s, Eqn):
             for a in s.ins:
                 self.use(a, scope, where)
-            if len(s.outs) != 1:
-                self.fail(where, f"has {len(s.outs)} outputs; every op has one")
+            if s.op == "push":
+                if s.outs or len(s.ins) != 1:
+                    self.fail(where, "push takes one value and has no outputs")
+            elif s.op == "pop":
+                if len(s.outs) != 1 or s.ins:
+                    self.fail(where, "pop takes nothing and has one output")
+            elif len(s.outs) != 1:
+                self.fail(where, f"has {len(s.outs)} outputs; every op but push has one")
             else:
                 try:
                     want = result_type(s.op, [a.type for a in s.ins], dict(s.params))

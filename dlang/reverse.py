@@ -1,0 +1,394 @@
+"""Reverse-mode AD as a source transformation: a program's IR in, its adjoint IR out.
+
+The adjoint program runs the primal forward, then a reverse sweep over the equations in
+reverse order, accumulating adjoints (`b_x` is d loss / d x) by addition with the rules of
+dlang.adjoints. Loops and branches: a value defined inside a loop body or branch that the
+reverse sweep reads is pushed onto a tape at the end of that block in the forward pass and
+popped at the start of the matching reverse block; a `while` loop also counts its trips, and
+its reverse is a `for` over that count. Only active values (those that depend on a param and
+reach the loss) get adjoints, and only values the reverse sweep reads are taped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .adjoints import NONDIFFERENTIABLE, RULES, AddAt, MissingRule
+from .ir import (F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Stmt, Type, Var,
+                 WhileLoop, blocks_of, renumber, walk)
+from .prims import result_type
+
+
+def reverse_ad(program: Program) -> Program:
+    """The adjoint program: body results are (loss, d loss / d param for every param)."""
+    return _Reverse(program).build()
+
+
+# ---- activity analysis ----------------------------------------------------------------------
+
+def _carried_slots(s: Stmt):
+    """For a loop: (inits, block params, yields, outs) per carried value."""
+    if isinstance(s, ForLoop):
+        return zip(s.inits, s.body.params[1:], s.body.results, s.outs)
+    return zip(s.inits, s.body.params, s.body.results, s.outs)
+
+
+def _ids(atoms) -> set[int]:
+    return {a.id for a in atoms if isinstance(a, Var)}
+
+
+def activity(program: Program) -> set[int]:
+    """Ids of active values: f64 values that depend on a param and reach the loss."""
+    params = program.body.params[len(program.data):]
+    varied = {v.id for v in params}
+    changed = True
+    while changed:
+        changed = _mark_varied(program.body, varied)
+    useful = _ids(program.body.results[:1])
+    changed = True
+    while changed:
+        changed = _mark_useful(program.body, useful)
+    return {i for i in varied & useful}
+
+
+def _mark(target: set[int], ids: set[int]) -> bool:
+    new = ids - target
+    target |= new
+    return bool(new)
+
+
+def _mark_varied(block: Block, varied: set[int]) -> bool:
+    changed = False
+    for s in block.eqns:
+        if isinstance(s, Eqn):
+            if s.op not in NONDIFFERENTIABLE and _ids(s.ins) & varied:
+                changed |= _mark(varied, {v.id for v in s.outs if v.type.kind == "f64"})
+        elif isinstance(s, (ForLoop, WhileLoop)):
+            for init, param, result, out in _carried_slots(s):
+                if _ids([init, result]) & varied:
+                    changed |= _mark(varied, {param.id, out.id})
+            if isinstance(s, WhileLoop):  # the condition block sees the same carried values
+                for init, param, result in zip(s.inits, s.cond.params, s.body.results):
+                    if _ids([init, result]) & varied:
+                        changed |= _mark(varied, {param.id})
+            for inner in blocks_of(s):
+                changed |= _mark_varied(inner, varied)
+        elif isinstance(s, IfElse):
+            changed |= _mark_varied(s.then, varied) | _mark_varied(s.orelse, varied)
+            for a, b, out in zip(s.then.results, s.orelse.results, s.outs):
+                if _ids([a, b]) & varied and out.type.kind == "f64":
+                    changed |= _mark(varied, {out.id})
+    return changed
+
+
+def _mark_useful(block: Block, useful: set[int]) -> bool:
+    changed = False
+    for s in reversed(block.eqns):
+        if isinstance(s, Eqn):
+            if s.op not in NONDIFFERENTIABLE and _ids(s.outs) & useful:
+                changed |= _mark(useful, {a.id for a in s.ins if isinstance(a, Var) and a.type.kind == "f64"})
+        elif isinstance(s, (ForLoop, WhileLoop)):
+            for init, param, result, out in _carried_slots(s):
+                if {param.id, out.id} & useful:
+                    changed |= _mark(useful, _ids([init, result]) | {param.id, out.id})
+            changed |= _mark_useful(s.body, useful)
+        elif isinstance(s, IfElse):
+            for a, b, out in zip(s.then.results, s.orelse.results, s.outs):
+                if out.id in useful:
+                    changed |= _mark(useful, _ids([a, b]))
+            changed |= _mark_useful(s.then, useful) | _mark_useful(s.orelse, useful)
+    return changed
+
+
+# ---- the transformation ---------------------------------------------------------------------
+
+def _defined_in(block: Block) -> set[int]:
+    """Ids a block defines itself (not those of blocks nested in it)."""
+    ids = {v.id for v in block.params}
+    for s in block.eqns:
+        ids |= {v.id for v in s.outs}
+    return ids
+
+
+def _used_in(block: Block) -> list[Var]:
+    """Vars read anywhere in a block and its nested blocks, in first-use order."""
+    seen: dict[int, Var] = {}
+
+    def note(atoms):
+        for a in atoms:
+            if isinstance(a, Var):
+                seen.setdefault(a.id, a)
+
+    stack = [block]
+    while stack:
+        b = stack.pop()
+        for s in b.eqns:
+            if isinstance(s, Eqn):
+                note(s.ins)
+            elif isinstance(s, ForLoop):
+                note([s.lo, s.hi, *s.inits])
+            elif isinstance(s, WhileLoop):
+                note(s.inits)
+            else:
+                note([s.cond])
+            stack.extend(blocks_of(s))
+        note(b.results)
+    return list(seen.values())
+
+
+def _defined_anywhere(block: Block) -> set[int]:
+    ids = _defined_in(block)
+    for s in walk(block):
+        for inner in blocks_of(s):
+            ids |= _defined_in(inner)
+    return ids
+
+
+@dataclass
+class _Context:
+    """The reverse of one forward block: what it pops, mapped to the vars that hold them."""
+
+    defined: set[int]
+    top_level: bool = False
+    popped: dict[int, Var] = field(default_factory=dict)
+    needed: list[Var] = field(default_factory=list)  # primal vars, in push order
+
+
+class _Reverse:
+    def __init__(self, program: Program):
+        self.program = program
+        self.active = activity(program)
+        self.next_id = max(_defined_anywhere(program.body) | {0}) + 1
+        self.adj: dict[int, Atom] = {}
+        self.stmts: list[Stmt] = []
+        self.contexts: list[_Context] = []
+        self.pushes: dict[int, list[Var]] = {}  # id(forward block) -> vars it pushes at its end
+        self.trips: dict[int, Var] = {}  # id(while statement) -> its trip count
+        self.loc = None
+
+    # ---- building blocks used by the rules ----------------------------------------------
+
+    def fresh(self, type_: Type, hint: str = "") -> Var:
+        self.next_id += 1
+        return Var(self.next_id, type_, hint)
+
+    def op(self, name: str, *ins: Atom, **params) -> Var:
+        out = self.fresh(result_type(name, [a.type for a in ins], params))
+        self.stmts.append(Eqn((out,), name, tuple(sorted(params.items())), tuple(ins), self.loc))
+        return out
+
+    def mul(self, a: Atom, b: Atom) -> Atom:
+        if a == Lit(1.0, F64):
+            return b
+        if b == Lit(1.0, F64):
+            return a
+        return self.op("mul", a, b)
+
+    def p(self, a: Atom) -> Atom:
+        """A primal value, as the reverse sweep sees it (popped from the tape inside loops)."""
+        if isinstance(a, Lit):
+            return a
+        for ctx in reversed(self.contexts):
+            if a.id in ctx.defined:
+                if ctx.top_level:
+                    return a
+                if a.id not in ctx.popped:
+                    ctx.popped[a.id] = self.fresh(a.type, a.hint)
+                    ctx.needed.append(a)
+                return ctx.popped[a.id]
+        raise AssertionError(f"primal value {a} is not in scope of the reverse sweep")
+
+    def zero(self, t: Type) -> Atom:
+        return self.op("zeros", shape=t.shape) if t.shape else Lit(0.0, F64)
+
+    def adjoint(self, a: Atom) -> Atom | None:
+        return self.adj.get(a.id) if isinstance(a, Var) else None
+
+    def adjoint_or_zero(self, a: Atom, t: Type) -> Atom:
+        cur = self.adjoint(a)
+        return cur if cur is not None else self.zero(t)
+
+    def accumulate(self, x: Atom, contribution) -> None:
+        if not isinstance(x, Var) or x.id not in self.active:
+            return
+        cur = self.adj.get(x.id)
+        if isinstance(contribution, AddAt):
+            base = cur if cur is not None else self.zero(x.type)
+            self.adj[x.id] = self.op("addindex", base, contribution.value, *contribution.idx)
+            return
+        if contribution.type.shape and not x.type.shape:  # x was broadcast: sum it back
+            contribution = self.op("sum", contribution)
+        self.adj[x.id] = contribution if cur is None else self.op("add", cur, contribution)
+
+    # ---- the walk ---------------------------------------------------------------------------
+
+    def build(self) -> Program:
+        prog = self.program
+        body = prog.body
+        top = _Context(_defined_in(body), top_level=True)
+        self.contexts.append(top)
+        reverse = self.region(lambda: self.reverse_top(body))
+        self.contexts.pop()
+        forward = self.forward(body)
+        params = body.params[len(prog.data):]
+        grads = []
+        self.stmts = []
+        for v in params:
+            grads.append(self.adjoint_or_zero(v, v.type))
+        tail = tuple(self.stmts)
+        eqns = forward.eqns + reverse + tail
+        block = Block(body.params, eqns, (body.results[0], *grads))
+        adjoint = replace(prog, outputs=(), body=block, grads=tuple(p.name for p in prog.params))
+        return renumber(adjoint)
+
+    def region(self, fn) -> tuple[Stmt, ...]:
+        saved, self.stmts = self.stmts, []
+        fn()
+        out, self.stmts = tuple(self.stmts), saved
+        return out
+
+    def reverse_top(self, body: Block) -> None:
+        self.accumulate(body.results[0], Lit(1.0, F64))
+        for s in reversed(body.eqns):
+            self.reverse_stmt(s)
+
+    def reverse_stmt(self, s: Stmt) -> None:
+        self.loc = s.loc
+        if isinstance(s, Eqn):
+            self.reverse_eqn(s)
+        elif isinstance(s, (ForLoop, WhileLoop)):
+            self.reverse_loop(s)
+        else:
+            self.reverse_if(s)
+
+    def reverse_eqn(self, e: Eqn) -> None:
+        if e.op in NONDIFFERENTIABLE or not e.outs:
+            return
+        ct = self.adjoint(e.outs[0])
+        if ct is None or e.outs[0].id not in self.active:
+            return
+        if e.op not in RULES:
+            raise MissingRule(e.op)
+        thunks = RULES[e.op](self, e, ct)
+        for x, thunk in zip(e.ins, thunks):
+            if thunk is not None and isinstance(x, Var) and x.id in self.active:
+                self.accumulate(x, thunk())
+
+    def free_adjoints(self, blocks: list[Block]) -> list[Var]:
+        """Active values defined outside these blocks that they read: their adjoints flow through."""
+        inside: set[int] = set()
+        for b in blocks:
+            inside |= _defined_anywhere(b)
+        free = []
+        for b in blocks:
+            for v in _used_in(b):
+                if v.id in self.active and v.id not in inside and v not in free:
+                    free.append(v)
+        return free
+
+    def reverse_loop(self, s: ForLoop | WhileLoop) -> None:
+        slots = [(init, param, result, out) for init, param, result, out in _carried_slots(s)
+                 if param.id in self.active or out.id in self.active]
+        if not any(self.adjoint(out) is not None for _, _, _, out in slots):
+            return  # no adjoint reaches this loop's results
+        free = self.free_adjoints([s.body])
+        if isinstance(s, ForLoop):
+            lo, hi = self.p(s.lo), self.p(s.hi)
+        else:
+            trips = self.trips.setdefault(id(s), self.fresh(I64, "trips"))
+            self.contexts[-1].defined.add(trips.id)
+            lo, hi = Lit(0, I64), self.p(trips)
+        inits = [self.adjoint_or_zero(out, out.type) for _, _, _, out in slots]
+        inits += [self.adjoint_or_zero(f, f.type) for f in free]
+        k = self.fresh(I64, "k")
+        b_yields = [self.fresh(out.type, "b_" + out.hint if out.hint else "") for _, _, _, out in slots]
+        b_free = [self.fresh(f.type, "b_" + f.hint if f.hint else "") for f in free]
+        saved = {f.id: self.adj.get(f.id) for f in free}
+        for f, bf in zip(free, b_free):
+            self.adj[f.id] = bf
+        ctx = _Context(_defined_in(s.body))
+        self.contexts.append(ctx)
+
+        def body():
+            for (_, _, result, _), by in zip(slots, b_yields):
+                self.accumulate(result, by)
+            for inner in reversed(s.body.eqns):
+                self.reverse_stmt(inner)
+            self.loc = s.loc
+            self.results = [self.adjoint_or_zero(param, param.type) for _, param, _, _ in slots]
+            self.results += [self.adjoint_or_zero(f, f.type) for f in free]
+
+        eqns = self.region(body)
+        self.contexts.pop()
+        results = self.results
+        self.pushes[id(s.body)] = ctx.needed
+        pops = tuple(Eqn((ctx.popped[v.id],), "pop", (), (), s.loc) for v in reversed(ctx.needed))
+        block = Block((k, *b_yields, *b_free), pops + eqns, tuple(results))
+        outs = tuple(self.fresh(a.type, a.hint) for a in results)
+        for f in free:
+            self.adj[f.id] = saved[f.id]
+        self.stmts.append(ForLoop(outs, lo, hi, tuple(inits), block, s.loc))
+        for (init, _, _, _), out in zip(slots, outs):
+            self.accumulate(init, out)
+        for f, out in zip(free, outs[len(slots):]):
+            self.adj[f.id] = out
+
+    def reverse_if(self, s: IfElse) -> None:
+        slots = [(a, b, out) for a, b, out in zip(s.then.results, s.orelse.results, s.outs)
+                 if out.id in self.active and self.adjoint(out) is not None]
+        if not slots:
+            return
+        cond = self.p(s.cond)
+        free = self.free_adjoints([s.then, s.orelse])
+        cts = [self.adjoint(out) for _, _, out in slots]
+        branches = []
+        for index, block in enumerate((s.then, s.orelse)):
+            saved = dict(self.adj)
+            ctx = _Context(_defined_in(block))
+            self.contexts.append(ctx)
+
+            def body():
+                for slot, ct in zip(slots, cts):
+                    self.accumulate(slot[index], ct)
+                for inner in reversed(block.eqns):
+                    self.reverse_stmt(inner)
+                self.loc = s.loc
+                self.results = [self.adjoint_or_zero(f, f.type) for f in free]
+
+            eqns = self.region(body)
+            self.contexts.pop()
+            self.pushes[id(block)] = ctx.needed
+            pops = tuple(Eqn((ctx.popped[v.id],), "pop", (), (), s.loc) for v in reversed(ctx.needed))
+            branches.append(Block((), pops + eqns, tuple(self.results)))
+            self.adj = saved
+        outs = tuple(self.fresh(f.type, "b_" + f.hint if f.hint else "") for f in free)
+        self.stmts.append(IfElse(outs, cond, branches[0], branches[1], s.loc))
+        for f, out in zip(free, outs):
+            self.adj[f.id] = out
+
+    # ---- the forward pass, with pushes --------------------------------------------------------
+
+    def forward(self, block: Block, nested: bool = False) -> Block:
+        eqns: list[Stmt] = []
+        for s in block.eqns:
+            if isinstance(s, Eqn):
+                eqns.append(s)
+            elif isinstance(s, ForLoop):
+                eqns.append(replace(s, body=self.forward(s.body, True)))
+            elif isinstance(s, IfElse):
+                eqns.append(replace(s, then=self.forward(s.then, True), orelse=self.forward(s.orelse, True)))
+            else:
+                eqns.append(self.counted_while(s))
+        for v in self.pushes.get(id(block), []) if nested else []:
+            eqns.append(Eqn((), "push", (), (v,), None))
+        return Block(block.params, tuple(eqns), block.results)
+
+    def counted_while(self, s: WhileLoop) -> WhileLoop:
+        body = self.forward(s.body, True)
+        trips = self.trips.get(id(s))
+        if trips is None:
+            return replace(s, body=body)
+        count_c, count_b, count_next = self.fresh(I64, "count"), self.fresh(I64, "count"), self.fresh(I64, "count")
+        cond = replace(s.cond, params=s.cond.params + (count_c,))
+        step = Eqn((count_next,), "add", (), (count_b, Lit(1, I64)), s.loc)
+        body = Block(body.params + (count_b,), body.eqns + (step,), body.results + (count_next,))
+        return WhileLoop(s.outs + (trips,), s.inits + (Lit(0, I64),), cond, body, s.loc)
