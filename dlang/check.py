@@ -464,7 +464,11 @@ class _Checker:
                         note="use sum(...) or mean(...) to reduce an array to a number")
             return
         current = scope.locals[LOSS].atom
-        scope.locals[LOSS] = _Binding(self.binary("add", current, value, s, hint="loss"), s.span)
+        if current == Lit(0.0, F64) and isinstance(value, Var):  # the first loss: nothing to add to
+            new = self.to_float(value, s)
+        else:
+            new = self.binary("add", current, value, s, hint="loss")
+        scope.locals[LOSS] = _Binding(new, s.span)
 
     def output(self, s: n.Output, scope: _Scope) -> None:
         value = self.value(s.value, scope)

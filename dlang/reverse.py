@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from .adjoints import NONDIFFERENTIABLE, RULES, AddAt, MissingRule
 from .ir import (F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Stmt, Type, Var,
                  WhileLoop, blocks_of, renumber, walk)
-from .prims import result_type
+from .prims import evaluate, result_type
 
 
 def reverse_ad(program: Program) -> Program:
@@ -171,8 +171,13 @@ class _Reverse:
         self.next_id += 1
         return Var(self.next_id, type_, hint)
 
-    def op(self, name: str, *ins: Atom, **params) -> Var:
-        out = self.fresh(result_type(name, [a.type for a in ins], params))
+    def op(self, name: str, *ins: Atom, **params) -> Atom:
+        out_type = result_type(name, [a.type for a in ins], params)
+        if out_type == F64 and ins and all(isinstance(a, Lit) for a in ins):  # fold constants
+            return Lit(evaluate(name, params, [a.value for a in ins], F64), F64)
+        if name == "pow" and ins[1] == Lit(1.0, F64):
+            return ins[0]
+        out = self.fresh(out_type)
         self.stmts.append(Eqn((out,), name, tuple(sorted(params.items())), tuple(ins), self.loc))
         return out
 
@@ -213,11 +218,21 @@ class _Reverse:
         cur = self.adj.get(x.id)
         if isinstance(contribution, AddAt):
             base = cur if cur is not None else self.zero(x.type)
-            self.adj[x.id] = self.op("addindex", base, contribution.value, *contribution.idx)
-            return
-        if contribution.type.shape and not x.type.shape:  # x was broadcast: sum it back
-            contribution = self.op("sum", contribution)
-        self.adj[x.id] = contribution if cur is None else self.op("add", cur, contribution)
+            new = self.op("addindex", base, contribution.value, *contribution.idx)
+        else:
+            if contribution.type.shape and not x.type.shape:  # x was broadcast: sum it back
+                contribution = self.op("sum", contribution)
+            new = contribution if cur is None else self.op("add", cur, contribution)
+        self.adj[x.id] = self.named(new, x)
+
+    def named(self, new: Atom, x: Var) -> Atom:
+        """Name a just-made adjoint after its primal (b_x), for readable emitted code."""
+        last = self.stmts[-1] if self.stmts else None
+        if not x.hint or not isinstance(new, Var) or new.hint or not isinstance(last, Eqn) or last.outs != (new,):
+            return new
+        renamed = Var(new.id, new.type, "b_" + x.hint)
+        self.stmts[-1] = replace(last, outs=(renamed,))
+        return renamed
 
     # ---- the walk ---------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 def test_check_prints_a_one_line_summary(run_cli):
     r = run_cli("check", PROJECTILE)
     assert r.code == 0
-    assert r.out.strip().splitlines() == [f"{PROJECTILE}: ok (2 params, 2 data inputs, 1 output, 27 IR statements)"]
+    assert r.out.strip().splitlines() == [f"{PROJECTILE}: ok (2 params, 2 data inputs, 1 output, 26 IR statements)"]
     assert r.err == ""
 
 

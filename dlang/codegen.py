@@ -1,0 +1,380 @@
+"""Code generation: IR to Python source for Numba, table-driven, one format string per op.
+
+The source is meant to be read (`dlang emit --stage kernel`): values keep their source names,
+adjoints are named `b_<name>`, and each group of adjoint statements carries a
+`# grad of: ...` comment showing the primal statement it differentiates. No user text reaches
+it other than identifiers, which are mangled so they cannot collide with Python keywords,
+builtins or the names the kernels use themselves (all of which start with `dl_`).
+"""
+from __future__ import annotations
+
+import builtins
+import keyword
+import math
+import re
+
+from .ir import BOOL, F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Type, Var, WhileLoop
+
+DEFAULT_MAX_ITERATIONS = 100_000_000
+
+_RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
+
+# scalar form, array form
+_UNARY = {
+    "neg": ("-{0}", "-{0}"),
+    "sin": ("dl_math.sin({0})", "dl_np.sin({0})"),
+    "cos": ("dl_math.cos({0})", "dl_np.cos({0})"),
+    "tan": ("dl_math.tan({0})", "dl_np.tan({0})"),
+    "asin": ("dl_math.asin({0})", "dl_np.arcsin({0})"),
+    "acos": ("dl_math.acos({0})", "dl_np.arccos({0})"),
+    "atan": ("dl_math.atan({0})", "dl_np.arctan({0})"),
+    "exp": ("dl_math.exp({0})", "dl_np.exp({0})"),
+    "log": ("dl_np.log({0})", "dl_np.log({0})"),
+    "log1p": ("dl_np.log1p({0})", "dl_np.log1p({0})"),
+    "sqrt": ("dl_np.sqrt({0})", "dl_np.sqrt({0})"),
+    "tanh": ("dl_math.tanh({0})", "dl_np.tanh({0})"),
+    "sinh": ("dl_math.sinh({0})", "dl_np.sinh({0})"),
+    "cosh": ("dl_math.cosh({0})", "dl_np.cosh({0})"),
+    "sigmoid": ("dl_rt.sigmoid({0})", "dl_rt.sigmoid({0})"),
+    "relu": ("dl_rt.relu({0})", "dl_rt.relu({0})"),
+    "softplus": ("dl_rt.softplus({0})", "dl_rt.softplus({0})"),
+    "abs": ("abs({0})", "dl_np.abs({0})"),
+    "sign": ("dl_rt.sign({0})", "dl_rt.sign({0})"),
+    "floor": ("dl_np.floor({0})", "dl_np.floor({0})"),
+    "ceil": ("dl_np.ceil({0})", "dl_np.ceil({0})"),
+    "round": ("dl_rt.fround({0})", "dl_rt.fround({0})"),
+    "not": ("not {0}", None),
+    "to_float": ("float({0})", None),
+    "sum": ("dl_rt.total({0})", None),
+    "transpose": (None, "dl_np.ascontiguousarray({0}.T)"),
+}
+_BINARY = {
+    "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}", "pow": "{0} ** {1}",
+    "lt": "{0} < {1}", "le": "{0} <= {1}", "gt": "{0} > {1}", "ge": "{0} >= {1}", "eq": "{0} == {1}",
+    "ne": "{0} != {1}",
+    "atan2": "dl_np.arctan2({0}, {1})", "min": "dl_rt.fmin({0}, {1})", "max": "dl_rt.fmax({0}, {1})",
+    "mask_ge": "dl_rt.mask_ge({0}, {1})", "mask_gt": "dl_rt.mask_gt({0}, {1})",
+    "dot": "dl_rt.dot({0}, {1})", "outer": "dl_rt.outer({0}, {1})",
+}
+_MATMUL = {(2, 1): "dl_rt.matvec({0}, {1})", (1, 2): "dl_rt.vecmat({0}, {1})",
+           (2, 2): "dl_rt.matmat({0}, {1})", (1, 1): "dl_rt.dot({0}, {1})"}
+
+
+class Namer:
+    """Python names for IR values: the source name, mangled, made unique."""
+
+    def __init__(self):
+        self.names: dict[int, str] = {}
+        self.used: set[str] = set()
+
+    def unique(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+    def define(self, v: Var) -> str:
+        base = v.hint or "t"
+        if base in _RESERVED or base.startswith("dl_"):
+            base = "v_" + base
+        self.names[v.id] = self.unique(base)
+        return self.names[v.id]
+
+    def __getitem__(self, v: Var) -> str:
+        return self.names[v.id]
+
+
+def literal(value, t: Type) -> str:
+    """A number formatted by us: the only way a value from a program reaches the source."""
+    if t == BOOL:
+        return "True" if value else "False"
+    if t == I64:
+        return str(int(value))
+    x = float(value)
+    if math.isnan(x):
+        return "dl_math.nan"
+    if math.isinf(x):
+        return "dl_math.inf" if x > 0 else "(-dl_math.inf)"
+    text = repr(x)
+    assert re.fullmatch(r"-?[0-9.e+\-]+", text), text
+    return f"({text})" if x < 0 else text
+
+
+class _Writer:
+    def __init__(self, namer: Namer, max_iterations: int, reverse_from: int | None = None,
+                 comments: bool = True):
+        self.n = namer
+        self.lines: list[str] = []
+        self.max_iterations = max_iterations
+        self.reverse_from = reverse_from
+        self.rendered: dict[tuple, list[str]] = {}
+        self.last_comment_loc = None
+        self.comments = comments
+        self.in_reverse = False
+
+    def atom(self, a: Atom) -> str:
+        return self.n[a] if isinstance(a, Var) else literal(a.value, a.type)
+
+    def line(self, indent: int, text: str) -> None:
+        self.lines.append("    " * indent + text)
+
+    def block(self, b: Block, indent: int, top: bool = False) -> None:
+        for k, s in enumerate(b.eqns):
+            if top and self.reverse_from is not None and k == self.reverse_from:
+                self.line(indent, "# ---- reverse sweep: adjoints b_x = d loss / d x ----")
+                self.in_reverse = True
+                self.last_comment_loc = None
+            self.stmt(s, indent)
+
+    def comment_for(self, loc, indent: int) -> None:
+        if not (self.in_reverse and self.comments) or loc is None or loc == self.last_comment_loc:
+            return
+        self.last_comment_loc = loc
+        primal = self.rendered.get(loc)
+        if primal:
+            self.line(indent, f"# grad of: {'; '.join(primal)}  (line {loc[0]})")
+
+    def stmt(self, s, indent: int) -> None:
+        if isinstance(s, Eqn):
+            self.comment_for(s.loc, indent)
+            self.eqn(s, indent)
+        elif isinstance(s, ForLoop):
+            self.for_loop(s, indent)
+        elif isinstance(s, WhileLoop):
+            self.while_loop(s, indent)
+        else:
+            self.if_else(s, indent)
+
+    def assign(self, indent: int, targets: list[str], values: list[str]) -> None:
+        if targets:
+            self.line(indent, f"{', '.join(targets)} = {', '.join(values)}")
+
+    def for_loop(self, s: ForLoop, indent: int) -> None:
+        index, *params = s.body.params
+        self.assign(indent, [self.n.define(p) for p in params], [self.atom(a) for a in s.inits])
+        lo, hi = self.atom(s.lo), self.atom(s.hi)
+        self.line(indent, f"for {self.n.define(index)} in range({lo}, {hi}):  # line {s.loc[0] if s.loc else '?'}")
+        start = len(self.lines)
+        self.block(s.body, indent + 1)
+        self.assign(indent + 1, [self.n[p] for p in params], [self.atom(a) for a in s.body.results])
+        if len(self.lines) == start:
+            self.line(indent + 1, "pass")
+        self.assign(indent, [self.n.define(o) for o in s.outs], [self.n[p] for p in params])
+
+    def while_loop(self, s: WhileLoop, indent: int) -> None:
+        cparams = [self.n.define(p) for p in s.cond.params]
+        self.assign(indent, cparams, [self.atom(a) for a in s.inits])
+        count = self.n.unique("dl_trips")
+        line = s.loc[0] if s.loc else 0
+        self.line(indent, f"{count} = 0")
+        self.line(indent, f"while True:  # line {line}")
+        self.block(s.cond, indent + 1)
+        self.line(indent + 1, f"if not {self.atom(s.cond.results[0])}:")
+        self.line(indent + 2, "break")
+        self.line(indent + 1, f"{count} += 1")
+        self.line(indent + 1, f"if {count} > {self.max_iterations}:")
+        self.line(indent + 2, f"raise RuntimeError('dl_fault:while:{line}')")
+        self.assign(indent + 1, [self.n.define(p) for p in s.body.params], cparams)
+        self.block(s.body, indent + 1)
+        self.assign(indent + 1, cparams, [self.atom(a) for a in s.body.results])
+        self.assign(indent, [self.n.define(o) for o in s.outs], cparams)
+
+    def if_else(self, s: IfElse, indent: int) -> None:
+        outs = [self.n.define(o) for o in s.outs]
+        for head, branch in ((f"if {self.atom(s.cond)}:", s.then), ("else:", s.orelse)):
+            self.line(indent, head)
+            start = len(self.lines)
+            self.block(branch, indent + 1)
+            self.assign(indent + 1, outs, [self.atom(a) for a in branch.results])
+            if len(self.lines) == start:
+                self.line(indent + 1, "pass")
+
+    def check_index(self, e: Eqn, array: Atom, idx, indent: int) -> None:
+        for i, size in zip(idx, array.type.shape):
+            if isinstance(i, Lit):
+                continue  # checked at compile time
+            name = self.atom(i)
+            line = e.loc[0] if e.loc else 0
+            self.line(indent, f"if {name} < 0 or {name} >= {size}:")
+            self.line(indent + 1, f"raise IndexError('dl_fault:index:{line}')")
+
+    def eqn(self, e: Eqn, indent: int) -> None:
+        ins = [self.atom(a) for a in e.ins]
+        if e.op == "push":
+            self.push(e.ins[0], ins[0], indent)
+            return
+        out = e.outs[0]
+        if e.op == "pop":
+            self.pop(out, indent)
+            return
+        target = self.n.define(out)
+        expr = self.expression(e, ins, target, indent)
+        if expr is not None:
+            text = f"{target} = {expr}"
+            self.line(indent, text)
+            if not self.in_reverse and e.loc is not None:
+                self.rendered.setdefault(e.loc, []).append(text)
+
+    def expression(self, e: Eqn, ins: list[str], target: str, indent: int) -> str | None:
+        op, out = e.op, e.outs[0]
+        is_array = any(a.type.shape for a in e.ins) or bool(out.type.shape)
+        if op in _UNARY and len(ins) == 1:
+            scalar_form, array_form = _UNARY[op]
+            form = (array_form or scalar_form) if is_array else (scalar_form or array_form)
+            return form.format(*ins)
+        if op in _BINARY:
+            return _BINARY[op].format(*ins)
+        if op == "clamp":
+            return f"dl_rt.clamp({ins[0]}, {ins[1]}, {ins[2]})"
+        if op == "matmul":
+            key = (len(e.ins[0].type.shape), len(e.ins[1].type.shape))
+            return _MATMUL[key].format(*ins)
+        if op == "mean":
+            return f"dl_rt.total({ins[0]}) / {float(_size(e.ins[0].type))!r}"
+        if op in ("zeros", "broadcast"):
+            shape = "(" + ", ".join(str(n) for n in out.type.shape) + ",)"
+            return f"dl_np.zeros({shape})" if op == "zeros" else f"dl_np.full({shape}, {ins[0]})"
+        if op == "index":
+            self.check_index(e, e.ins[0], e.ins[1:], indent)
+            sub = ", ".join(ins[1:])
+            return f"{ins[0]}[{sub}].copy()" if out.type.shape else f"{ins[0]}[{sub}]"
+        if op in ("setindex", "addindex"):
+            self.check_index(e, e.ins[0], e.ins[2:], indent)
+            sub = ", ".join(ins[2:])
+            self.line(indent, f"{target} = {ins[0]}.copy()")
+            self.line(indent, f"{target}[{sub}] {'=' if op == 'setindex' else '+='} {ins[1]}")
+            return None
+        raise NotImplementedError(f"no code generation for op {op}")
+
+    def push(self, a: Atom, name: str, indent: int) -> None:
+        t = a.type
+        if t.shape:
+            self.line(indent, f"dl_ftape, dl_fp = dl_rt.push_fa(dl_ftape, dl_fp, {name})")
+        elif t == F64:
+            self.line(indent, f"dl_ftape, dl_fp = dl_rt.push_f(dl_ftape, dl_fp, {name})")
+        else:
+            self.line(indent, f"dl_itape, dl_ip = dl_rt.push_i(dl_itape, dl_ip, {name})")
+
+    def pop(self, v: Var, indent: int) -> None:
+        name = self.n.define(v)
+        t = v.type
+        if t.shape:
+            size = _size(t)
+            shape = "(" + ", ".join(map(str, t.shape)) + ",)"
+            self.line(indent, f"dl_fp -= {size}")
+            self.line(indent, f"{name} = dl_ftape[dl_fp:dl_fp + {size}].copy().reshape({shape})")
+        elif t == F64:
+            self.line(indent, "dl_fp -= 1")
+            self.line(indent, f"{name} = dl_ftape[dl_fp]")
+        else:
+            self.line(indent, "dl_ip -= 1")
+            value = "dl_itape[dl_ip] != 0" if t == BOOL else "dl_itape[dl_ip]"
+            self.line(indent, f"{name} = {value}")
+
+
+def _size(t: Type) -> int:
+    size = 1
+    for n in t.shape:
+        size *= n
+    return size
+
+
+# ---- the module: row kernels and drivers over all rows ------------------------------------------
+
+_JIT = '@dl_njit(cache=True, error_model="numpy")'
+
+
+def _data_layout(program: Program) -> list[tuple[int, int]]:
+    """(first column, width) of each data input in the data matrix."""
+    out, col = [], 0
+    for d in program.data:
+        width = _size(d.type) if d.type.shape else 1
+        out.append((col, width))
+        col += width
+    return out
+
+
+def data_width(program: Program) -> int:
+    return sum(w for _, w in _data_layout(program))
+
+
+def output_width(program: Program) -> int:
+    return sum(_size(r.type) if r.type.shape else 1 for r in program.body.results[1:1 + len(program.outputs)])
+
+
+def _row_function(name: str, program: Program, namer: Namer, max_iterations: int, with_tape: bool,
+                  reverse_from: int | None) -> list[str]:
+    w = _Writer(namer, max_iterations, reverse_from)
+    args = [namer.define(v) for v in program.body.params]
+    if with_tape:
+        args += ["dl_ftape", "dl_itape"]
+    head = [_JIT, f"def {name}({', '.join(args)}):"]
+    if with_tape:
+        w.line(1, "dl_fp = 0")
+        w.line(1, "dl_ip = 0")
+    w.block(program.body, 1, top=True)
+    results = [w.atom(r) for r in program.body.results]
+    if with_tape:
+        results += ["dl_ftape", "dl_itape"]
+    w.line(1, f"return {', '.join(results)}" + ("," if len(results) == 1 else ""))
+    return head + w.lines
+
+
+def _row_args(program: Program) -> list[str]:
+    args = []
+    for (col, width), d in zip(_data_layout(program), program.data):
+        args.append(f"dl_data[dl_r, {col}:{col + width}]" if d.type.shape else f"dl_data[dl_r, {col}]")
+    args += [f"dl_p{k}" for k in range(len(program.params))]
+    return args
+
+
+def generate(program: Program, adjoint: Program, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> str:
+    """The Python source of a module with the forward and adjoint kernels of a program."""
+    params = [f"dl_p{k}" for k in range(len(program.params))]
+    out: list[str] = [
+        f"# Generated by dlang: the forward and adjoint kernels of {len(program.params)} param(s).",
+        "# Do not edit: the file's name is a hash of its content.",
+        "import math as dl_math",
+        "import numpy as dl_np",
+        "from numba import njit as dl_njit",
+        "from dlang import runtime as dl_rt",
+        "",
+        "",
+        "# ---- forward: one row's loss and outputs ----",
+    ]
+    out += _row_function("dl_forward_row", program, Namer(), max_iterations, False, None)
+    out += ["", "", "# ---- adjoint: one row's loss and d loss / d param ----"]
+    out += _row_function("dl_grad_row", adjoint, Namer(), max_iterations, True, len(program.body.eqns))
+
+    n_out = len(program.outputs)
+    out += ["", "", _JIT, f"def dl_forward_rows(dl_data, {', '.join(params + ['dl_losses', 'dl_outs'])}):",
+            "    for dl_r in range(dl_data.shape[0]):",
+            f"        dl_res = dl_forward_row({', '.join(_row_args(program))})",
+            "        dl_losses[dl_r] = dl_res[0]"]
+    col = 0
+    for k, r in enumerate(program.body.results[1:1 + n_out]):
+        if r.type.shape:
+            size = _size(r.type)
+            out.append(f"        dl_outs[dl_r, {col}:{col + size}] = dl_res[{k + 1}].ravel()")
+            col += size
+        else:
+            out.append(f"        dl_outs[dl_r, {col}] = dl_res[{k + 1}]")
+            col += 1
+    out.append("    return dl_losses, dl_outs")
+
+    grads = [f"dl_g{k}" for k in range(len(program.params))]
+    out += ["", "", _JIT, f"def dl_grad_rows(dl_data, {', '.join(params + ['dl_ftape', 'dl_itape'])}):",
+            "    dl_loss = 0.0"]
+    for g, p in zip(grads, program.params):
+        out.append(f"    {g} = " + (f"dl_np.zeros({p.type.shape})" if p.type.shape else "0.0"))
+    out += ["    for dl_r in range(dl_data.shape[0]):",
+            f"        dl_res = dl_grad_row({', '.join(_row_args(program) + ['dl_ftape', 'dl_itape'])})",
+            "        dl_loss += dl_res[0]"]
+    for k, g in enumerate(grads):
+        out.append(f"        {g} += dl_res[{k + 1}]")
+    out += [f"        dl_ftape = dl_res[{len(grads) + 1}]", f"        dl_itape = dl_res[{len(grads) + 2}]",
+            "    dl_n = dl_data.shape[0]",
+            f"    return (dl_loss / dl_n, {''.join(g + ' / dl_n, ' for g in grads)}dl_ftape, dl_itape)"]
+    return "\n".join(out) + "\n"

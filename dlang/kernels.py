@@ -1,0 +1,145 @@
+"""Compiled kernels: generated source written to a content-hashed file in the kernel cache,
+imported, and compiled by Numba (which caches its machine code beside the file)."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .codegen import DEFAULT_MAX_ITERATIONS, data_width, generate, output_width
+from .errors import Diagnostic, RuntimeFault, Span
+from .ir import Program
+from .reverse import reverse_ad
+
+CACHE_ENV = "DLANG_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    """$DLANG_CACHE_DIR, else $XDG_CACHE_HOME/dlang, else ~/.cache/dlang."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dlang"
+
+
+def _write_once(path: Path, text: str) -> None:
+    """Write a file that is never rewritten: a temporary file, then an atomic rename."""
+    if path.exists() and path.read_text() == text:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Kernels:
+    """The compiled forward and adjoint kernels of one program, and how to call them."""
+
+    program: Program
+    adjoint: Program
+    source: str
+    path: Path
+    module: object
+
+    def _param_args(self, params: dict) -> list:
+        args = []
+        for p in self.program.params:
+            v = params[p.name]
+            args.append(np.ascontiguousarray(v, dtype=np.float64) if p.type.shape else float(v))
+        return args
+
+    def forward_rows(self, data: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's loss, and its outputs (one column per output value)."""
+        n = data.shape[0]
+        losses = np.empty(n)
+        outs = np.empty((n, output_width(self.program)))
+        with self._faults(data, params):
+            return self.module.dl_forward_rows(data, *self._param_args(params), losses, outs)
+
+    def loss(self, data: np.ndarray, params: dict) -> float:
+        return float(np.mean(self.forward_rows(data, params)[0]))
+
+    def grad(self, data: np.ndarray, params: dict) -> tuple[float, dict]:
+        """The mean loss over rows and its gradient with respect to every param."""
+        ftape = np.empty(4096)
+        itape = np.empty(1024, np.int64)
+        with self._faults(data, params):
+            loss, *grads_and_tapes = self.module.dl_grad_rows(data, *self._param_args(params), ftape, itape)
+        grads = grads_and_tapes[:-2]
+        return float(loss), {p.name: (g if p.type.shape else float(g)) for p, g in zip(self.program.params, grads)}
+
+    def _faults(self, data, params):
+        return _FaultReport(self, data, params)
+
+
+class _FaultReport:
+    """Turns a fault raised inside a kernel into a RuntimeFault naming the line and the row."""
+
+    def __init__(self, kernels: Kernels, data, params):
+        self.kernels, self.data, self.params = kernels, data, params
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is None or not isinstance(err, (IndexError, RuntimeError)) or "dl_fault:" not in str(err):
+            return False
+        what, line = str(err).split("dl_fault:")[1].split(":")[:2]
+        row = self._find_row()
+        where = f" (data row {row + 1})" if row is not None else ""
+        if what == "index":
+            message = f"an index is out of range{where}"
+        else:
+            message = (f"the while loop ran more than the allowed number of iterations{where}; "
+                       "raise the cap with --max-iterations if it is meant to")
+        line = int(line)
+        span = Span(line, 1, line, 2) if line else None
+        source = None
+        path = self.kernels.program.source_path
+        if path and os.path.exists(path):
+            source = Path(path).read_text(encoding="utf-8-sig", errors="replace")
+        raise RuntimeFault(Diagnostic(message, span, path), source) from None
+
+    def _find_row(self):
+        """Which row faults: rerun the rows one at a time (only on this error path)."""
+        k = self.kernels
+        args = k._param_args(self.params)
+        for r in range(self.data.shape[0]):
+            try:
+                k.module.dl_forward_rows(self.data[r:r + 1], *args, np.empty(1),
+                                         np.empty((1, output_width(k.program))))
+            except (IndexError, RuntimeError):
+                return r
+        return None
+
+
+def compile_kernels(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> Kernels:
+    """Generate, cache and load the kernels of a program."""
+    adjoint = reverse_ad(program)
+    source = generate(program, adjoint, max_iterations)
+    import numba
+
+    key = hashlib.sha256("\n".join([source, __version__, numba.__version__]).encode()).hexdigest()[:32]
+    path = cache_dir() / "kernels" / f"k_{key}.py"
+    _write_once(path, source)
+    name = f"dlang_kernel_{key}"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return Kernels(program, adjoint, source, path, module)
+
+
+def data_matrix_width(program: Program) -> int:
+    return data_width(program)
