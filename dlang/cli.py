@@ -29,6 +29,14 @@ ConstOpt = Annotated[
 class Stage(str, Enum):
     ast = "ast"
     ir = "ir"
+    grad = "grad"
+    kernel = "kernel"
+
+
+DataOpt = Annotated[Optional[str], typer.Option("--data", metavar="CSV",
+                                                help="CSV file with a header row; the program's data columns are read.")]
+ParamsOpt = Annotated[Optional[str], typer.Option("--params", metavar="JSON",
+                                                  help="Params file: a JSON object of param name -> number or nested lists.")]
 
 
 @app.command()
@@ -46,7 +54,8 @@ def check(program: ProgramArg, const: ConstOpt = None) -> None:
 @app.command()
 def emit(
     program: ProgramArg,
-    stage: Annotated[Stage, typer.Option(help="What to print: the parsed program (ast) or the IR (ir).")] = Stage.ir,
+    stage: Annotated[Stage, typer.Option(help="What to print: the parsed program (ast), the IR (ir), "
+                                              "the adjoint IR (grad) or the generated kernel source (kernel).")] = Stage.ir,
     const: ConstOpt = None,
 ) -> None:
     """Print PROGRAM at a stage of compilation, syntax-highlighted on a terminal."""
@@ -58,10 +67,43 @@ def emit(
 
         text = dump(parse_source(read_source(program), program))
         render.show(text, "ast")
-    else:
+    elif stage is Stage.ir:
         from .irtext import print_program
 
         render.show(print_program(load_program(program, const)), "ir")
+    elif stage is Stage.grad:
+        from .irtext import print_program
+        from .reverse import reverse_ad
+
+        render.show(print_program(reverse_ad(load_program(program, const))), "ir")
+    else:
+        from .codegen import generate
+        from .reverse import reverse_ad
+
+        prog = load_program(program, const)
+        render.show(generate(prog, reverse_ad(prog)), "python")
+
+
+@app.command()
+def grad(
+    program: ProgramArg,
+    data: DataOpt = None,
+    params: ParamsOpt = None,
+    check: Annotated[bool, typer.Option("--check", help="Compare with central finite differences; "
+                                                         "exit 1 if they disagree.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+    const: ConstOpt = None,
+) -> None:
+    """Print the loss (mean over the data rows) and d(loss)/d(param) for every param."""
+    from . import commands, render
+
+    report = commands.grad(program, data, params, const, check)
+    if json_out:
+        typer.echo(render.grad_json(report))
+    else:
+        render.show_grad(report)
+    if report.check and not report.check.passed:
+        raise typer.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

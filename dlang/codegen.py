@@ -35,14 +35,14 @@ _UNARY = {
     "tanh": ("dl_math.tanh({0})", "dl_np.tanh({0})"),
     "sinh": ("dl_math.sinh({0})", "dl_np.sinh({0})"),
     "cosh": ("dl_math.cosh({0})", "dl_np.cosh({0})"),
-    "sigmoid": ("dl_rt.sigmoid({0})", "dl_rt.sigmoid({0})"),
-    "relu": ("dl_rt.relu({0})", "dl_rt.relu({0})"),
-    "softplus": ("dl_rt.softplus({0})", "dl_rt.softplus({0})"),
+    "sigmoid": ("dl_rt.sigmoid({0})", "1.0 / (1.0 + dl_np.exp(-{0}))"),
+    "relu": ("dl_rt.relu({0})", "dl_np.maximum({0}, 0.0)"),
+    "softplus": ("dl_rt.softplus({0})", "dl_np.maximum({0}, 0.0) + dl_np.log1p(dl_np.exp(-dl_np.abs({0})))"),
     "abs": ("abs({0})", "dl_np.abs({0})"),
-    "sign": ("dl_rt.sign({0})", "dl_rt.sign({0})"),
+    "sign": ("dl_rt.sign({0})", "dl_np.sign({0})"),
     "floor": ("dl_np.floor({0})", "dl_np.floor({0})"),
     "ceil": ("dl_np.ceil({0})", "dl_np.ceil({0})"),
-    "round": ("dl_rt.fround({0})", "dl_rt.fround({0})"),
+    "round": ("dl_rt.fround({0})", "dl_np.rint({0})"),
     "not": ("not {0}", None),
     "to_float": ("float({0})", None),
     "sum": ("dl_rt.total({0})", None),
@@ -55,6 +55,11 @@ _BINARY = {
     "atan2": "dl_np.arctan2({0}, {1})", "min": "dl_rt.fmin({0}, {1})", "max": "dl_rt.fmax({0}, {1})",
     "mask_ge": "dl_rt.mask_ge({0}, {1})", "mask_gt": "dl_rt.mask_gt({0}, {1})",
     "dot": "dl_rt.dot({0}, {1})", "outer": "dl_rt.outer({0}, {1})",
+}
+# elementwise ops with an array operand: NumPy expressions (NaN propagates as in dl_rt.fmin ...)
+_ARRAY_BINARY = {
+    "min": "dl_np.minimum({0}, {1})", "max": "dl_np.maximum({0}, {1})",
+    "mask_ge": "({0} >= {1}) * 1.0", "mask_gt": "({0} > {1}) * 1.0",
 }
 _MATMUL = {(2, 1): "dl_rt.matvec({0}, {1})", (1, 2): "dl_rt.vecmat({0}, {1})",
            (2, 2): "dl_rt.matmat({0}, {1})", (1, 1): "dl_rt.dot({0}, {1})"}
@@ -224,9 +229,13 @@ class _Writer:
             scalar_form, array_form = _UNARY[op]
             form = (array_form or scalar_form) if is_array else (scalar_form or array_form)
             return form.format(*ins)
+        if is_array and op in _ARRAY_BINARY:
+            return _ARRAY_BINARY[op].format(*ins)
         if op in _BINARY:
             return _BINARY[op].format(*ins)
         if op == "clamp":
+            if is_array:
+                return f"dl_np.minimum(dl_np.maximum({ins[0]}, {ins[1]}), {ins[2]})"
             return f"dl_rt.clamp({ins[0]}, {ins[1]}, {ins[2]})"
         if op == "matmul":
             key = (len(e.ins[0].type.shape), len(e.ins[1].type.shape))

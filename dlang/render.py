@@ -10,7 +10,10 @@ from .ir import Program, walk
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:  # piped: no terminal width to respect, so do not wrap tables
+        console.width = 200
+    return console
 
 
 _IR_STYLES = [
@@ -29,10 +32,11 @@ def show(text: str, kind: str) -> None:
     if not console.is_terminal:
         sys.stdout.write(text)
         return
-    if kind == "ast":
+    if kind in ("ast", "python"):
         from rich.syntax import Syntax
 
-        console.print(Syntax(text.rstrip("\n"), "scheme", background_color="default", word_wrap=False))
+        lexer = "scheme" if kind == "ast" else "python"
+        console.print(Syntax(text.rstrip("\n"), lexer, background_color="default", word_wrap=False))
         return
     from rich.text import Text
 
@@ -65,3 +69,94 @@ def print_error(err: DlangError) -> None:
     styled.highlight_regex(r"note:", "bold cyan")
     styled.highlight_regex(r"\^+", "bold red")
     console.print(styled)
+
+
+# ---- dlang grad ---------------------------------------------------------------------------------
+
+SMALL_ARRAY = 12
+
+
+def _num(x: float) -> str:
+    return f"{x:.8g}"
+
+
+def _array_text(a) -> str:
+    import numpy as np
+
+    a = np.asarray(a, float)
+    if a.size <= SMALL_ARRAY:
+        if a.ndim == 1:
+            return "[" + ", ".join(f"{v:.6g}" for v in a) + "]"
+        return "\n".join("[" + ", ".join(f"{v:.6g}" for v in row) + "]" for row in a)
+    flat = np.abs(a).ravel()
+    top = np.argsort(-flat, kind="stable")[:3]
+    biggest = ", ".join(f"[{', '.join(map(str, np.unravel_index(k, a.shape)))}]={a.flat[k]:.4g}" for k in top)
+    return f"norm {np.linalg.norm(a):.6g}; largest: {biggest}"
+
+
+def _value_text(v) -> str:
+    return _array_text(v) if hasattr(v, "shape") and getattr(v, "ndim", 0) > 0 else _num(float(v))
+
+
+def show_grad(report) -> None:
+    from rich.table import Table
+
+    console = _console()
+    table = Table(title=None, show_lines=False)
+    table.add_column("param", style="cyan", no_wrap=True)
+    table.add_column("shape", style="yellow")
+    table.add_column("value", justify="right")
+    table.add_column("gradient", justify="right", style="bold")
+    if report.check:
+        table.add_column("finite diff", justify="right")
+        table.add_column("rel. error", justify="right")
+    for p in report.program.params:
+        shape = "[" + ", ".join(map(str, p.type.shape)) + "]" if p.type.shape else "scalar"
+        cells = [p.name, shape, _value_text(report.params[p.name]), _value_text(report.grads[p.name])]
+        if report.check:
+            err = report.check.rel_error[p.name]
+            cells += [_value_text(report.check.fd[p.name]), f"{err:.1e}"]
+        table.add_row(*cells)
+    console.print(f"loss {_num(report.loss)} (mean over {report.rows} row{'s' * (report.rows != 1)})")
+    if report.program.params:
+        console.print(table)
+    else:
+        console.print("the program has no params")
+    if report.check:
+        from .gradcheck import REL_TOL
+
+        worst = max(report.check.rel_error.values(), default=0.0)
+        if report.check.passed:
+            console.print(f"[bold green]gradient check passed[/]: largest relative error {worst:.1e} "
+                          f"(tolerance {REL_TOL:.0e})", highlight=False)
+        else:
+            bad = [k for k, v in report.check.rel_error.items() if v > REL_TOL]
+            console.print(f"[bold red]gradient check FAILED[/] for {', '.join(bad)}: largest relative error "
+                          f"{worst:.1e} (tolerance {REL_TOL:.0e})", highlight=False)
+
+
+def _json_value(v):
+    import math
+
+    import numpy as np
+
+    if isinstance(v, np.ndarray):
+        return [_json_value(x) for x in v] if v.ndim > 1 else [_json_number(float(x)) for x in v]
+    return _json_number(float(v))
+
+
+def _json_number(x: float):
+    import math
+
+    return x if math.isfinite(x) else None
+
+
+def grad_json(report) -> str:
+    import json
+
+    out = {"loss": _json_number(report.loss), "grad": {k: _json_value(v) for k, v in report.grads.items()}}
+    if report.check:
+        out["check"] = {"passed": report.check.passed,
+                        "fd": {k: _json_value(v) for k, v in report.check.fd.items()},
+                        "rel_error": report.check.rel_error}
+    return json.dumps(out)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, vectorize
+from numba import njit
 
 _FLAGS = dict(cache=True)
 
 
-@vectorize(["float64(float64)"], **_FLAGS)
+# Scalar forms; the generated code uses NumPy expressions for arrays (see codegen._ARRAY_FORMS).
+
+@njit(**_FLAGS)
 def sigmoid(x):
     if x >= 0.0:
         return 1.0 / (1.0 + math.exp(-x))
@@ -18,18 +20,18 @@ def sigmoid(x):
     return z / (1.0 + z)
 
 
-@vectorize(["float64(float64)"], **_FLAGS)
+@njit(**_FLAGS)
 def softplus(x):
     # log(1 + exp(x)) without overflow
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
-@vectorize(["float64(float64)"], **_FLAGS)
+@njit(**_FLAGS)
 def relu(x):
     return x if x > 0.0 or x != x else 0.0
 
 
-@vectorize(["float64(float64)"], **_FLAGS)
+@njit(**_FLAGS)
 def sign(x):
     if x > 0.0:
         return 1.0
@@ -38,33 +40,33 @@ def sign(x):
     return x  # 0.0, -0.0 or nan
 
 
-@vectorize(["float64(float64)"], **_FLAGS)
+@njit(**_FLAGS)
 def fround(x):
     return np.rint(x)  # half to even, like NumPy's round
 
 
-@vectorize(["float64(float64, float64)"], **_FLAGS)
+@njit(**_FLAGS)
 def fmin(a, b):
     return a if a <= b or a != a else b
 
 
-@vectorize(["float64(float64, float64)"], **_FLAGS)
+@njit(**_FLAGS)
 def fmax(a, b):
     return a if a >= b or a != a else b
 
 
-@vectorize(["float64(float64, float64, float64)"], **_FLAGS)
+@njit(**_FLAGS)
 def clamp(x, lo, hi):
     m = x if x >= lo or x != x else lo
     return m if m <= hi or m != m else hi
 
 
-@vectorize(["float64(float64, float64)"], **_FLAGS)
+@njit(**_FLAGS)
 def mask_ge(a, b):
     return 1.0 if a >= b else 0.0
 
 
-@vectorize(["float64(float64, float64)"], **_FLAGS)
+@njit(**_FLAGS)
 def mask_gt(a, b):
     return 1.0 if a > b else 0.0
 

@@ -1,0 +1,108 @@
+"""Reading data: the CSV columns a program's `data` declarations name, as one float matrix."""
+from __future__ import annotations
+
+import csv
+import difflib
+import io
+import os
+
+import numpy as np
+
+from .errors import Diagnostic, InputError
+from .ir import Program
+
+
+def _error(path: str, message: str) -> InputError:
+    return InputError(Diagnostic(message, None, path))
+
+
+def columns_for(program: Program, header: list[str], path: str) -> list[int]:
+    """The index in `header` of every column the program reads, in data-matrix order."""
+    where = {name: k for k, name in enumerate(header)}
+    out = []
+    for d in program.data:
+        if d.type.shape:
+            names = None
+            for sep in ("_", ""):
+                candidate = [f"{d.name}{sep}{k}" for k in range(d.type.shape[0])]
+                if all(c in where for c in candidate):
+                    names = candidate
+                    break
+            if names is None:
+                missing = next(c for c in (f"{d.name}_{k}" for k in range(d.type.shape[0])) if c not in where)
+                raise _error(path, f"no column '{missing}': data {d.name}[{d.type.shape[0]}] reads columns "
+                                   f"{d.name}_0 ... {d.name}_{d.type.shape[0] - 1} (or {d.name}0 ...)")
+        else:
+            names = [d.name]
+            if d.name not in where:
+                close = difflib.get_close_matches(d.name, header, 1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise _error(path, f"no column '{d.name}' (data {d.name} of the program reads it){hint}")
+        out += [where[c] for c in names]
+    return out
+
+
+def read_text(path: str) -> str:
+    if os.path.isdir(path):
+        raise _error(path, "is a directory, not a CSV file")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise _error(path, "no such file") from None
+    except OSError as err:
+        raise _error(path, f"cannot read the file ({err.strerror})") from None
+    if b"\0" in raw:
+        raise _error(path, "this is not a CSV text file (it contains NUL bytes)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _error(path, f"this is not a UTF-8 text file (bad byte at offset {err.start})") from None
+
+
+def load_data(program: Program, path: str | None) -> np.ndarray:
+    """A rows x columns float matrix of the data the program reads, checked cell by cell."""
+    if not program.data:
+        return np.zeros((1, 0))
+    if path is None:
+        names = ", ".join(d.name for d in program.data)
+        raise InputError(f"the program reads data ({names}); give a CSV file with --data")
+    text = read_text(path)
+    table = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(c.strip() for c in row)]
+    if not table:
+        raise _error(path, "the file is empty; expected a header row naming the columns")
+    header = [h.strip() for h in table[0]]
+    cols = columns_for(program, header, path)
+    body = table[1:]
+    if not body:
+        raise _error(path, "the file has a header but no data rows")
+    width = len(header)
+    for r, row in enumerate(body, start=1):
+        if len(row) != width:
+            raise _error(path, f"row {r} (line {r + 1}) has {len(row)} cells, but the header has {width}")
+    matrix = np.empty((len(body), len(cols)))
+    for j, c in enumerate(cols):
+        cells = [row[c] for row in body]
+        try:
+            matrix[:, j] = np.array(cells, dtype=np.float64)
+        except ValueError:
+            _raise_bad_cell(path, header[c], cells)
+        bad = ~np.isfinite(matrix[:, j])
+        if bad.any():
+            r = int(np.argmax(bad)) + 1
+            raise _error(path, f"row {r} (line {r + 1}), column '{header[c]}': {cells[r - 1].strip()!r} is not a "
+                               "finite number")
+    return matrix
+
+
+def _raise_bad_cell(path: str, column: str, cells: list[str]):
+    for r, cell in enumerate(cells, start=1):
+        text = cell.strip()
+        if not text:
+            raise _error(path, f"row {r} (line {r + 1}), column '{column}': the cell is empty")
+        try:
+            float(text)
+        except ValueError:
+            shown = text if len(text) <= 40 else text[:37] + "..."
+            raise _error(path, f"row {r} (line {r + 1}), column '{column}': {shown!r} is not a number") from None
+    raise _error(path, f"column '{column}' has a cell that is not a number")

@@ -1,0 +1,105 @@
+"""Params files: JSON mapping each param's name to a number or nested lists of its shape."""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import tempfile
+
+import numpy as np
+
+from .errors import Diagnostic, InputError, Span
+from .interp import initial_params
+from .ir import Program
+
+
+def _error(path: str, message: str, span: Span | None = None, source: str | None = None) -> InputError:
+    return InputError(Diagnostic(message, span, path), source)
+
+
+def load_params(program: Program, path: str | None, seed: int = 0) -> dict:
+    """The starting params, with the values the file gives (a param it omits keeps its start)."""
+    params = initial_params(program, seed)
+    if path is None:
+        return params
+    if os.path.isdir(path):
+        raise _error(path, "is a directory, not a params file")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise _error(path, "no such file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise _error(path, f"cannot read the params file ({err})") from None
+    try:
+        values = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as err:
+        span = Span(err.lineno, err.colno, err.lineno, err.colno + 1)
+        raise _error(path, f"this is not valid JSON: {err.msg[0].lower() + err.msg[1:]}", span, text) from None
+    except ValueError as err:
+        raise _error(path, str(err)) from None
+    if not isinstance(values, dict):
+        raise _error(path, "a params file must be a JSON object mapping param names to values")
+    shapes = {p.name: p.type.shape for p in program.params}
+    for name, value in values.items():
+        if name not in shapes:
+            close = difflib.get_close_matches(name, list(shapes), 1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            known = ", ".join(shapes) or "none"
+            raise _error(path, f"the program has no param '{name}'{hint} (its params: {known})")
+        params[name] = _convert(path, name, value, shapes[name])
+    return params
+
+
+def _no_constant(word: str):
+    raise ValueError(f"{word} is not a number a params file may hold")
+
+
+def _shape_of(value) -> tuple[int, ...] | None:
+    if isinstance(value, list):
+        if not value:
+            return (0,)
+        inner = [_shape_of(v) for v in value]
+        if any(s is None or s != inner[0] for s in inner):
+            return None
+        return (len(value),) + inner[0]
+    return ()
+
+
+def _describe(shape: tuple[int, ...]) -> str:
+    return "a number" if not shape else "an array of shape [" + ", ".join(map(str, shape)) + "]"
+
+
+def _convert(path: str, name: str, value, shape: tuple[int, ...]):
+    got = _shape_of(value)
+    if got is None:
+        raise _error(path, f"param '{name}': the nested lists are ragged; expected {_describe(shape)}")
+    if got != shape:
+        raise _error(path, f"param '{name}' should be {_describe(shape)}, but the file gives {_describe(got)}")
+    flat = np.array(value, dtype=object).ravel() if shape else [value]
+    for x in flat:
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            raise _error(path, f"param '{name}': {json.dumps(x)} is not a number")
+        if not math.isfinite(x):
+            raise _error(path, f"param '{name}': {x} is not a finite number")
+    return np.array(value, dtype=np.float64) if shape else float(value)
+
+
+def params_to_json(params: dict) -> dict:
+    return {k: (v.tolist() if isinstance(v, np.ndarray) else float(v)) for k, v in params.items()}
+
+
+def write_params(path: str, params: dict) -> None:
+    """Write a params file atomically: a temporary file beside it, then a rename."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".params-", suffix=".json.tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(params_to_json(params), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
