@@ -19,50 +19,53 @@ DEFAULT_MAX_ITERATIONS = 100_000_000
 
 _RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
 
-# scalar form, array form
+# scalar forms (elementwise ops on arrays call dl_rt.ew_* helpers instead)
 _UNARY = {
-    "neg": ("-{0}", "-{0}"),
-    "sin": ("dl_math.sin({0})", "dl_np.sin({0})"),
-    "cos": ("dl_math.cos({0})", "dl_np.cos({0})"),
-    "tan": ("dl_math.tan({0})", "dl_np.tan({0})"),
-    "asin": ("dl_math.asin({0})", "dl_np.arcsin({0})"),
-    "acos": ("dl_math.acos({0})", "dl_np.arccos({0})"),
-    "atan": ("dl_math.atan({0})", "dl_np.arctan({0})"),
-    "exp": ("dl_math.exp({0})", "dl_np.exp({0})"),
-    "log": ("dl_np.log({0})", "dl_np.log({0})"),
-    "log1p": ("dl_np.log1p({0})", "dl_np.log1p({0})"),
-    "sqrt": ("dl_np.sqrt({0})", "dl_np.sqrt({0})"),
-    "tanh": ("dl_math.tanh({0})", "dl_np.tanh({0})"),
-    "sinh": ("dl_math.sinh({0})", "dl_np.sinh({0})"),
-    "cosh": ("dl_math.cosh({0})", "dl_np.cosh({0})"),
-    "sigmoid": ("dl_rt.sigmoid({0})", "1.0 / (1.0 + dl_np.exp(-{0}))"),
-    "relu": ("dl_rt.relu({0})", "dl_np.maximum({0}, 0.0)"),
-    "softplus": ("dl_rt.softplus({0})", "dl_np.maximum({0}, 0.0) + dl_np.log1p(dl_np.exp(-dl_np.abs({0})))"),
-    "abs": ("abs({0})", "dl_np.abs({0})"),
-    "sign": ("dl_rt.sign({0})", "dl_np.sign({0})"),
-    "floor": ("dl_np.floor({0})", "dl_np.floor({0})"),
-    "ceil": ("dl_np.ceil({0})", "dl_np.ceil({0})"),
-    "round": ("dl_rt.fround({0})", "dl_np.rint({0})"),
-    "not": ("not {0}", None),
-    "to_float": ("float({0})", None),
-    "sum": ("dl_rt.total({0})", None),
-    "transpose": (None, "dl_np.ascontiguousarray({0}.T)"),
+    "neg": "-{0}",
+    "sin": "dl_math.sin({0})",
+    "cos": "dl_math.cos({0})",
+    "tan": "dl_math.tan({0})",
+    "asin": "dl_rt._asin({0})",
+    "acos": "dl_rt._acos({0})",
+    "atan": "dl_math.atan({0})",
+    "exp": "dl_math.exp({0})",
+    "log": "dl_rt._log({0})",
+    "log1p": "dl_rt._log1p({0})",
+    "sqrt": "dl_rt._sqrt({0})",
+    "tanh": "dl_math.tanh({0})",
+    "sinh": "dl_math.sinh({0})",
+    "cosh": "dl_math.cosh({0})",
+    "sigmoid": "dl_rt.sigmoid({0})",
+    "relu": "dl_rt.relu({0})",
+    "softplus": "dl_rt.softplus({0})",
+    "abs": "abs({0})",
+    "sign": "dl_rt.sign({0})",
+    "floor": "dl_np.floor({0})",
+    "ceil": "dl_np.ceil({0})",
+    "round": "dl_rt.fround({0})",
+    "not": "not {0}",
+    "to_float": "float({0})",
+    "sum": "dl_rt.total({0})",
+    "transpose": "dl_np.ascontiguousarray({0}.T)",
 }
 _BINARY = {
     "add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}", "pow": "{0} ** {1}",
     "lt": "{0} < {1}", "le": "{0} <= {1}", "gt": "{0} > {1}", "ge": "{0} >= {1}", "eq": "{0} == {1}",
     "ne": "{0} != {1}",
-    "atan2": "dl_np.arctan2({0}, {1})", "min": "dl_rt.fmin({0}, {1})", "max": "dl_rt.fmax({0}, {1})",
+    "atan2": "dl_math.atan2({0}, {1})", "min": "dl_rt.fmin({0}, {1})", "max": "dl_rt.fmax({0}, {1})",
     "mask_ge": "dl_rt.mask_ge({0}, {1})", "mask_gt": "dl_rt.mask_gt({0}, {1})",
     "dot": "dl_rt.dot({0}, {1})", "outer": "dl_rt.outer({0}, {1})",
 }
-# elementwise ops with an array operand: NumPy expressions (NaN propagates as in dl_rt.fmin ...)
-_ARRAY_BINARY = {
-    "min": "dl_np.minimum({0}, {1})", "max": "dl_np.maximum({0}, {1})",
-    "mask_ge": "({0} >= {1}) * 1.0", "mask_gt": "({0} > {1}) * 1.0",
-}
 _MATMUL = {(2, 1): "dl_rt.matvec({0}, {1})", (1, 2): "dl_rt.vecmat({0}, {1})",
            (2, 2): "dl_rt.matmat({0}, {1})", (1, 1): "dl_rt.dot({0}, {1})"}
+
+
+# Elementwise ops on arrays call one small cached helper each (dlang.runtime.ew_*): compiling a
+# kernel full of NumPy array expressions is many times slower.
+_ELEMENTWISE_UNARY = {"neg", "sin", "cos", "tan", "asin", "acos", "atan", "exp", "log", "log1p", "sqrt",
+                      "tanh", "sinh", "cosh", "sigmoid", "relu", "softplus", "abs", "sign", "floor", "ceil",
+                      "round"}
+_ELEMENTWISE_BINARY = {"add", "sub", "mul", "div", "pow", "atan2", "min", "max", "mask_ge", "mask_gt"}
 
 
 class Namer:
@@ -225,17 +228,19 @@ class _Writer:
     def expression(self, e: Eqn, ins: list[str], target: str, indent: int) -> str | None:
         op, out = e.op, e.outs[0]
         is_array = any(a.type.shape for a in e.ins) or bool(out.type.shape)
+        kinds = "".join("a" if a.type.shape else "s" for a in e.ins)
+        if is_array and op in _ELEMENTWISE_UNARY:
+            return f"dl_rt.ew_{op}({ins[0]})"
+        if is_array and op in _ELEMENTWISE_BINARY:
+            return f"dl_rt.ew_{op}_{kinds}({ins[0]}, {ins[1]})"
+        if is_array and op == "clamp":
+            inner = f"dl_rt.ew_max_{kinds[:2]}({ins[0]}, {ins[1]})"
+            return f"dl_rt.ew_min_a{kinds[2]}({inner}, {ins[2]})"
         if op in _UNARY and len(ins) == 1:
-            scalar_form, array_form = _UNARY[op]
-            form = (array_form or scalar_form) if is_array else (scalar_form or array_form)
-            return form.format(*ins)
-        if is_array and op in _ARRAY_BINARY:
-            return _ARRAY_BINARY[op].format(*ins)
+            return _UNARY[op].format(*ins)
         if op in _BINARY:
             return _BINARY[op].format(*ins)
         if op == "clamp":
-            if is_array:
-                return f"dl_np.minimum(dl_np.maximum({ins[0]}, {ins[1]}), {ins[2]})"
             return f"dl_rt.clamp({ins[0]}, {ins[1]}, {ins[2]})"
         if op == "matmul":
             key = (len(e.ins[0].type.shape), len(e.ins[1].type.shape))
@@ -313,35 +318,58 @@ def output_width(program: Program) -> int:
     return sum(_size(r.type) if r.type.shape else 1 for r in program.body.results[1:1 + len(program.outputs)])
 
 
-def _row_function(name: str, program: Program, namer: Namer, max_iterations: int, with_tape: bool,
-                  reverse_from: int | None) -> list[str]:
+def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
+              reverse_from: int | None) -> list[str]:
+    """A kernel over all rows, the body written out inside the row loop (one function per
+    kernel: a call from one njit function to another recompiles the callee into the caller).
+
+    Forward: dl_forward_rows(data, params..., losses, outs) fills each row's loss and outputs.
+    Adjoint: dl_grad_rows(data, params..., ftape, itape) returns the mean loss, the mean
+    gradient of each param, and the (possibly grown) tapes, reused from row to row."""
+    namer = Namer()
     w = _Writer(namer, max_iterations, reverse_from)
-    args = [namer.define(v) for v in program.body.params]
-    if with_tape:
-        args += ["dl_ftape", "dl_itape"]
-    head = [_JIT, f"def {name}({', '.join(args)}):"]
-    if with_tape:
-        w.line(1, "dl_fp = 0")
-        w.line(1, "dl_ip = 0")
-    w.block(program.body, 1, top=True)
+    data_vars = program.body.params[:len(program.data)]
+    param_vars = program.body.params[len(program.data):]
+    params = [namer.define(v) for v in param_vars]
+    extra = ["dl_ftape", "dl_itape"] if adjoint else ["dl_losses", "dl_outs"]
+    lines = [_JIT, f"def {name}({', '.join(['dl_data'] + params + extra)}):"]
+    grads = [namer.unique("dl_g") for _ in param_vars]
+    if adjoint:
+        w.line(1, "dl_loss = 0.0")
+        for g, v in zip(grads, param_vars):
+            w.line(1, f"{g} = " + (f"dl_np.zeros({v.type.shape})" if v.type.shape else "0.0"))
+    w.line(1, "for dl_r in range(dl_data.shape[0]):")
+    for (col, width), v in zip(_data_layout(program), data_vars):
+        cell = f"dl_data[dl_r, {col}:{col + width}]" if v.type.shape else f"dl_data[dl_r, {col}]"
+        w.line(2, f"{namer.define(v)} = {cell}")
+    if adjoint:
+        w.line(2, "dl_fp = 0")
+        w.line(2, "dl_ip = 0")
+    w.block(program.body, 2, top=True)
     results = [w.atom(r) for r in program.body.results]
-    if with_tape:
-        results += ["dl_ftape", "dl_itape"]
-    w.line(1, f"return {', '.join(results)}" + ("," if len(results) == 1 else ""))
-    return head + w.lines
-
-
-def _row_args(program: Program) -> list[str]:
-    args = []
-    for (col, width), d in zip(_data_layout(program), program.data):
-        args.append(f"dl_data[dl_r, {col}:{col + width}]" if d.type.shape else f"dl_data[dl_r, {col}]")
-    args += [f"dl_p{k}" for k in range(len(program.params))]
-    return args
+    if adjoint:
+        w.line(2, f"dl_loss += {results[0]}")
+        for g, r in zip(grads, results[1 + len(program.outputs):]):
+            w.line(2, f"{g} += {r}")
+        w.line(1, "dl_n = dl_data.shape[0]")
+        w.line(1, f"return (dl_loss / dl_n, {''.join(g + ' / dl_n, ' for g in grads)}dl_ftape, dl_itape)")
+    else:
+        w.line(2, f"dl_losses[dl_r] = {results[0]}")
+        col = 0
+        for r in program.body.results[1:1 + len(program.outputs)]:
+            if r.type.shape:
+                size = _size(r.type)
+                w.line(2, f"dl_outs[dl_r, {col}:{col + size}] = {w.atom(r)}.ravel()")
+                col += size
+            else:
+                w.line(2, f"dl_outs[dl_r, {col}] = {w.atom(r)}")
+                col += 1
+        w.line(1, "return dl_losses, dl_outs")
+    return lines + w.lines
 
 
 def generate(program: Program, adjoint: Program, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> str:
     """The Python source of a module with the forward and adjoint kernels of a program."""
-    params = [f"dl_p{k}" for k in range(len(program.params))]
     out: list[str] = [
         f"# Generated by dlang: the forward and adjoint kernels of {len(program.params)} param(s).",
         "# Do not edit: the file's name is a hash of its content.",
@@ -351,39 +379,9 @@ def generate(program: Program, adjoint: Program, max_iterations: int = DEFAULT_M
         "from dlang import runtime as dl_rt",
         "",
         "",
-        "# ---- forward: one row's loss and outputs ----",
+        "# ---- forward: each row's loss and outputs ----",
     ]
-    out += _row_function("dl_forward_row", program, Namer(), max_iterations, False, None)
-    out += ["", "", "# ---- adjoint: one row's loss and d loss / d param ----"]
-    out += _row_function("dl_grad_row", adjoint, Namer(), max_iterations, True, len(program.body.eqns))
-
-    n_out = len(program.outputs)
-    out += ["", "", _JIT, f"def dl_forward_rows(dl_data, {', '.join(params + ['dl_losses', 'dl_outs'])}):",
-            "    for dl_r in range(dl_data.shape[0]):",
-            f"        dl_res = dl_forward_row({', '.join(_row_args(program))})",
-            "        dl_losses[dl_r] = dl_res[0]"]
-    col = 0
-    for k, r in enumerate(program.body.results[1:1 + n_out]):
-        if r.type.shape:
-            size = _size(r.type)
-            out.append(f"        dl_outs[dl_r, {col}:{col + size}] = dl_res[{k + 1}].ravel()")
-            col += size
-        else:
-            out.append(f"        dl_outs[dl_r, {col}] = dl_res[{k + 1}]")
-            col += 1
-    out.append("    return dl_losses, dl_outs")
-
-    grads = [f"dl_g{k}" for k in range(len(program.params))]
-    out += ["", "", _JIT, f"def dl_grad_rows(dl_data, {', '.join(params + ['dl_ftape', 'dl_itape'])}):",
-            "    dl_loss = 0.0"]
-    for g, p in zip(grads, program.params):
-        out.append(f"    {g} = " + (f"dl_np.zeros({p.type.shape})" if p.type.shape else "0.0"))
-    out += ["    for dl_r in range(dl_data.shape[0]):",
-            f"        dl_res = dl_grad_row({', '.join(_row_args(program) + ['dl_ftape', 'dl_itape'])})",
-            "        dl_loss += dl_res[0]"]
-    for k, g in enumerate(grads):
-        out.append(f"        {g} += dl_res[{k + 1}]")
-    out += [f"        dl_ftape = dl_res[{len(grads) + 1}]", f"        dl_itape = dl_res[{len(grads) + 2}]",
-            "    dl_n = dl_data.shape[0]",
-            f"    return (dl_loss / dl_n, {''.join(g + ' / dl_n, ' for g in grads)}dl_ftape, dl_itape)"]
+    out += _row_loop("dl_forward_rows", program, max_iterations, False, None)
+    out += ["", "", "# ---- adjoint: the mean loss and d loss / d param over the rows ----"]
+    out += _row_loop("dl_grad_rows", adjoint, max_iterations, True, len(program.body.eqns))
     return "\n".join(out) + "\n"

@@ -342,10 +342,10 @@ class _Reverse:
         for f in free:
             self.adj[f.id] = saved[f.id]
         self.stmts.append(ForLoop(outs, lo, hi, tuple(inits), block, s.loc))
+        for f, out in zip(free, outs[len(slots):]):  # first: an init may itself be a free value
+            self.adj[f.id] = out
         for (init, _, _, _), out in zip(slots, outs):
             self.accumulate(init, out)
-        for f, out in zip(free, outs[len(slots):]):
-            self.adj[f.id] = out
 
     def reverse_if(self, s: IfElse) -> None:
         slots = [(a, b, out) for a, b, out in zip(s.then.results, s.orelse.results, s.outs)

@@ -167,3 +167,648 @@ def push_fa(tape, n, a):
         tape[k] = v
         k += 1
     return tape, n + size
+
+
+# ---- elementwise ops on arrays: one small cached function each, so kernels stay quick to compile.
+# The generated code calls e.g. ew_sin(x) for an array x, ew_mul_as(a, s) for array * scalar.
+# (This block is written out by hand from one template; keep the forms in step with codegen._UNARY.)
+
+@njit(**_FLAGS)
+def _asin(v):
+    return math.asin(v) if -1.0 <= v <= 1.0 else math.nan
+
+
+@njit(**_FLAGS)
+def _acos(v):
+    return math.acos(v) if -1.0 <= v <= 1.0 else math.nan
+
+
+@njit(**_FLAGS)
+def _log(v):
+    if v > 0.0:
+        return math.log(v)
+    return -math.inf if v == 0.0 else math.nan
+
+
+@njit(**_FLAGS)
+def _log1p(v):
+    if v > -1.0:
+        return math.log1p(v)
+    return -math.inf if v == -1.0 else math.nan
+
+
+@njit(**_FLAGS)
+def _sqrt(v):
+    return math.sqrt(v) if v >= 0.0 else math.nan
+
+
+@njit(**_FLAGS)
+def ew_neg(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = -v
+    return out
+
+
+@njit(**_FLAGS)
+def ew_sin(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.sin(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_cos(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.cos(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_tan(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.tan(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_asin(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = _asin(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_acos(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = _acos(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_atan(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.atan(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_exp(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.exp(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_log(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = _log(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_log1p(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = _log1p(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_sqrt(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = _sqrt(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_tanh(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.tanh(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_sinh(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.sinh(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_cosh(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.cosh(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_sigmoid(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = sigmoid(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_relu(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = relu(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_softplus(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = softplus(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_abs(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = abs(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_sign(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = sign(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_floor(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.floor(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_ceil(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.ceil(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_round(x):
+    out = np.empty(x.shape)
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = np.rint(v)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_add_aa(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = a + b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_add_as(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = a + b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_add_sa(x, y):
+    out = np.empty(y.shape)
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = a + b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_sub_aa(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = a - b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_sub_as(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = a - b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_sub_sa(x, y):
+    out = np.empty(y.shape)
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = a - b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_mul_aa(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = a * b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_mul_as(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = a * b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_mul_sa(x, y):
+    out = np.empty(y.shape)
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = a * b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_div_aa(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = a / b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_div_as(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = a / b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_div_sa(x, y):
+    out = np.empty(y.shape)
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = a / b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_pow_aa(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = a ** b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_pow_as(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = a ** b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_pow_sa(x, y):
+    out = np.empty(y.shape)
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = a ** b
+    return out
+
+
+@njit(**_FLAGS)
+def ew_atan2_aa(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = math.atan2(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_atan2_as(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = math.atan2(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_atan2_sa(x, y):
+    out = np.empty(y.shape)
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = math.atan2(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_min_aa(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = fmin(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_min_as(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = fmin(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_min_sa(x, y):
+    out = np.empty(y.shape)
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = fmin(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_max_aa(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = fmax(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_max_as(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = fmax(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_max_sa(x, y):
+    out = np.empty(y.shape)
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = fmax(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_mask_ge_aa(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = mask_ge(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_mask_ge_as(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = mask_ge(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_mask_ge_sa(x, y):
+    out = np.empty(y.shape)
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = mask_ge(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_mask_gt_aa(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = mask_gt(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_mask_gt_as(x, y):
+    out = np.empty(x.shape)
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = mask_gt(a, b)
+    return out
+
+
+@njit(**_FLAGS)
+def ew_mask_gt_sa(x, y):
+    out = np.empty(y.shape)
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = mask_gt(a, b)
+    return out

@@ -19,6 +19,14 @@ class CliResult:
     err: str
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _kernel_cache(tmp_path_factory):
+    """Compiled kernels go to a per-session temporary directory, never the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DLANG_CACHE_DIR", str(tmp_path_factory.mktemp("dlang-cache")))
+        yield
+
+
 @pytest.fixture
 def run_cli(capsys):
     """run_cli(*args) -> CliResult(code, out, err), running `dlang ARGS` in this process."""

@@ -1,0 +1,405 @@
+"""Reverse-mode AD and the Numba kernels: gradients against central finite differences,
+compiled losses against the reference interpreter, and hygiene of the generated code."""
+from __future__ import annotations
+
+import io
+import keyword
+import re
+import tokenize
+
+import numpy as np
+import pytest
+
+from dlang.codegen import generate
+from dlang.data import load_data
+from dlang.frontend import compile_source, load_program
+from dlang.interp import grad_row, initial_params, program_loss, read_rows
+from dlang.irtext import parse_program, print_program
+from dlang.kernels import compile_kernels
+from dlang.reverse import reverse_ad
+from dlang.verify import verify
+
+from conftest import PROGRAMS
+
+GALLERY = sorted(PROGRAMS.glob("*.dl"))
+
+
+def richardson_fd(loss, params: dict, step: float = 1e-4) -> dict:
+    """Central differences with one Richardson step: error O(h^4), so 1e-6 relative is meaningful."""
+    out = {}
+    for name, value in params.items():
+        arr = np.atleast_1d(np.asarray(value, dtype=float))
+        grad = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            h = step * max(1.0, abs(arr[idx]))
+
+            def at(x):
+                q = dict(params)
+                a = arr.copy()
+                a[idx] = x
+                q[name] = a if np.ndim(value) else float(a[0])
+                return loss(q)
+
+            d1 = (at(arr[idx] + h) - at(arr[idx] - h)) / (2 * h)
+            d2 = (at(arr[idx] + h / 2) - at(arr[idx] - h / 2)) / h
+            grad[idx] = (4 * d2 - d1) / 3
+        out[name] = grad if np.ndim(value) else float(grad[0])
+    return out
+
+
+def assert_grads_close(grads: dict, fd: dict, rel: float = 1e-6, what: str = ""):
+    for name, g in grads.items():
+        a, f = np.asarray(g, float), np.asarray(fd[name], float)
+        scale = max(1e-6, float(np.max(np.abs(f), initial=0.0)), float(np.max(np.abs(a), initial=0.0)))
+        err = float(np.max(np.abs(a - f), initial=0.0)) / scale
+        assert err <= rel, f"{what} d/d{name}: adjoint {a} vs finite differences {f} (rel {err:.2e})"
+
+
+def shifted(params: dict) -> dict:
+    return {k: (v * 1.1 + 0.05) for k, v in params.items()}
+
+
+def data_matrix(prog, rows):
+    if not prog.data:
+        return np.zeros((1, 0))
+    return np.array([np.concatenate([np.atleast_1d(r[d.name]) for d in prog.data]) for r in rows])
+
+
+# ---- the gallery --------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=GALLERY, ids=lambda p: p.stem)
+def gallery(request):
+    prog = load_program(str(request.param))
+    csv = PROGRAMS / "data" / f"{request.param.stem}.csv"
+    rows = read_rows(prog, str(csv)) if prog.data else [{}]
+    data = load_data(prog, str(csv) if prog.data else None)
+    return prog, rows, data, compile_kernels(prog)
+
+
+@pytest.mark.parametrize("point", ["start", "shifted"])
+def test_gallery_gradient_matches_finite_differences(gallery, point):
+    prog, rows, data, kernels = gallery
+    params = initial_params(prog)
+    if point == "shifted":
+        params = shifted(params)
+    loss, grads = kernels.grad(data, params)
+    fd = richardson_fd(lambda q: kernels.loss(data, q), params)
+    assert_grads_close(grads, fd, what=prog.source_path)
+    assert loss == pytest.approx(kernels.loss(data, params), rel=1e-12)
+
+
+def test_gallery_forward_kernel_matches_interpreter(gallery):
+    prog, rows, data, kernels = gallery
+    for params in (initial_params(prog), shifted(initial_params(prog))):
+        assert kernels.loss(data, params) == pytest.approx(program_loss(prog, rows, params), rel=1e-12)
+
+
+def test_gallery_adjoint_ir_interpreted_matches_kernel(gallery):
+    prog, rows, data, kernels = gallery
+    adjoint = reverse_ad(prog)
+    verify(adjoint)
+    assert parse_program(print_program(adjoint)) == adjoint
+    params = initial_params(prog)
+    _, grads = kernels.grad(data, params)
+    per_row = [grad_row(adjoint, r, params)[1] for r in rows]
+    for p in prog.params:
+        interpreted = np.mean([g[p.name] for g in per_row], axis=0)
+        np.testing.assert_allclose(grads[p.name], interpreted, rtol=1e-11, atol=1e-13)
+
+
+# ---- every builtin and operator on its own -------------------------------------------------------
+
+# name: (dlang expression of params x[, y[, z]], three points per argument)
+UNARY_POINTS = {
+    "sin": [-1.3, 0.4, 2.0], "cos": [-1.3, 0.4, 2.0], "tan": [-1.1, 0.3, 0.9],
+    "asin": [-0.7, 0.1, 0.6], "acos": [-0.7, 0.1, 0.6], "atan": [-2.0, 0.3, 1.5],
+    "exp": [-1.0, 0.2, 1.5], "log": [0.3, 1.5, 4.0], "log1p": [-0.5, 0.2, 3.0],
+    "sqrt": [0.2, 1.5, 4.0], "tanh": [-1.5, 0.2, 0.9], "sinh": [-1.5, 0.2, 0.9],
+    "cosh": [-1.5, 0.2, 0.9], "sigmoid": [-3.0, 0.2, 2.5], "relu": [-0.5, 0.3, 1.2],
+    "softplus": [-3.0, 0.2, 2.5], "abs": [-1.2, 0.7, 2.0], "sign": [-1.2, 0.7, 2.0],
+    "floor": [-1.3, 0.3, 1.7], "ceil": [-1.3, 0.3, 1.7], "round": [-1.3, 0.3, 1.7],
+}
+BINARY_POINTS = {
+    "atan2": ([0.5, -1.2, 2.0], [1.5, 0.7, -0.4]),
+    "min": ([0.5, -1.2, 2.0], [1.5, -2.0, 0.4]),
+    "max": ([0.5, -1.2, 2.0], [1.5, -2.0, 0.4]),
+    "pow": ([0.5, 1.7, 3.0], [-1.5, 0.5, 2.5]),
+}
+CLAMP_POINTS = ([-2.0, 0.3, 2.5], [-1.0, -0.5, 0.0], [1.0, 1.5, 2.0])
+OPERATOR_POINTS = ([0.5, -1.2, 2.0], [1.5, 0.7, -0.4])
+OPERATORS = {"add": "{0} + {1}", "sub": "{0} - {1}", "mul": "{0} * {1}", "div": "{0} / {1}",
+             "pow_op": "{0} ^ {1}"}
+
+
+def _builtins_program() -> tuple[str, list[tuple[str, list[float]]]]:
+    """One program with separate params per builtin and use (scalar, array, mixed), so one
+    compile checks every rule: d loss / d param involves only that param's builtin."""
+    lines, points = [], []
+
+    def param(name, values, shape=None):
+        if shape:
+            lines.append(f"param {name}[{shape}] = 0.5")
+        else:
+            lines.append(f"param {name} = 0.5")
+        points.append((name, values))
+
+    for f, pts in UNARY_POINTS.items():
+        param(f"s_{f}", pts)
+        param(f"a_{f}", pts, 3)
+        lines.append(f"loss 1.3 * {f}(s_{f}) + sum(2.0 * {f}(a_{f}))")
+    for f, (xs, ys) in BINARY_POINTS.items():
+        param(f"s_{f}_x", xs)
+        param(f"s_{f}_y", ys)
+        param(f"a_{f}_x", xs, 3)
+        param(f"a_{f}_y", ys, 3)
+        param(f"m_{f}_x", xs, 3)
+        lines.append(f"loss {f}(s_{f}_x, s_{f}_y) + sum({f}(a_{f}_x, a_{f}_y)) + 0.5 * sum({f}(m_{f}_x, s_{f}_y))")
+    xs, los, his = CLAMP_POINTS
+    param("s_clamp_x", xs)
+    param("s_clamp_lo", los)
+    param("s_clamp_hi", his)
+    param("a_clamp_x", xs, 3)
+    lines.append("loss clamp(s_clamp_x, s_clamp_lo, s_clamp_hi) + sum(clamp(a_clamp_x, s_clamp_lo, s_clamp_hi))")
+    xs, ys = OPERATOR_POINTS
+    for op, form in OPERATORS.items():
+        lhs = [abs(v) + 0.3 for v in xs] if op == "pow_op" else xs
+        param(f"s_{op}_x", lhs)
+        param(f"s_{op}_y", ys)
+        param(f"a_{op}_x", lhs, 3)
+        param(f"a_{op}_y", ys, 3)
+        lines.append(f"loss {form.format(f's_{op}_x', f's_{op}_y')} + sum({form.format(f'a_{op}_x', f'a_{op}_y')})"
+                     f" + sum({form.format(f'a_{op}_x', f's_{op}_y')}) + sum({form.format(f's_{op}_x', f'a_{op}_y')})")
+    param("s_neg", xs)
+    lines.append("loss -s_neg^3 + -(2.0 * s_neg)")
+    # arrays: @ in all its forms, sum, mean, dot, indexing, element updates, zeros
+    for name, shape in (("A", "3, 2"), ("B", "2, 3"), ("u", "3"), ("w", "2")):
+        param(f"mm_{name}", [0.3, -0.8, 1.1], shape.replace(" ", "") if "," in shape else shape)
+    lines += [
+        "loss sum(mm_A @ mm_w) + sum(mm_A @ mm_B) + sum(mm_u @ mm_A) + mm_u @ mm_u",
+        "loss sum((mm_A @ mm_w) * mm_u) + sum((mm_B @ mm_u) * mm_w) + dot(mm_u, mm_u * mm_u) + mean(mm_B * mm_B)",
+        "v = zeros(3)",
+        "v[0] = mm_u[1] * mm_w[0]",
+        "v[2] += mm_u[2] ^ 2",
+        "M = zeros(2, 3)",
+        "M[1] = mm_u * 2.0",
+        "M[0, 2] = mm_A[2, 1]",
+        "M[1, 1] *= mm_B[0, 0]",
+        "loss sum(v * v) + sum(M[1]) + sum(M * M)",
+    ]
+    return "\n".join(lines) + "\n", points
+
+
+@pytest.fixture(scope="module")
+def builtins_kernels():
+    source, points = _builtins_program()
+    prog = compile_source(source, "builtins.dl")
+    verify(reverse_ad(prog))
+    return prog, points, compile_kernels(prog)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_every_builtin_and_operator_gradient(builtins_kernels, k):
+    prog, points, kernels = builtins_kernels
+    params = initial_params(prog)
+    for name, values in points:
+        shape = np.shape(params[name])
+        if shape:
+            params[name] = np.roll(np.resize(np.array(values, float), shape), k)
+        else:
+            params[name] = float(values[k])
+    data = np.zeros((1, 0))
+    loss, grads = kernels.grad(data, params)
+    fd = richardson_fd(lambda q: kernels.loss(data, q), params)
+    for name in params:  # one assertion per param names the builtin that is wrong
+        assert_grads_close({name: grads[name]}, fd, what=f"point {k}")
+    assert loss == pytest.approx(program_loss(prog, None, params), rel=1e-12)
+
+
+def test_zero_derivative_builtins_give_exactly_zero(builtins_kernels):
+    prog, points, kernels = builtins_kernels
+    params = initial_params(prog)
+    _, grads = kernels.grad(np.zeros((1, 0)), params)
+    for f in ("sign", "floor", "ceil", "round"):
+        assert grads[f"s_{f}"] == 0.0
+        assert np.all(grads[f"a_{f}"] == 0.0)
+
+
+def test_derivative_at_a_kink_is_that_of_the_branch_taken():
+    prog = compile_source(
+        "param a = 0.0\nparam b = 0.0\nparam c = 1.0\nparam d = 1.0\n"
+        "loss abs(a) + relu(b) + max(c, d) + 2.0 * min(c, d) + clamp(a, 0.0, 1.0)\n", "kink.dl")
+    _, grads = compile_kernels(prog).grad(np.zeros((1, 0)), initial_params(prog))
+    assert grads["a"] == 1.0 + 1.0  # abs took x (x >= 0); clamp passed x at lo
+    assert grads["b"] == 0.0  # relu took 0 (x > 0 is false)
+    assert grads["c"] == 1.0 + 2.0 and grads["d"] == 0.0  # ties go to the first operand
+
+
+# ---- control flow -----------------------------------------------------------------------------
+
+CONTROL_FLOW = """
+data h, k
+param g = 9.81
+param e = 0.8
+param W[2, 3] = 0.2
+param v[3] = 0.5
+
+fn step(x, rate) {
+    return x * exp(-rate * 0.1) + 0.01
+}
+
+# a while loop whose trip count depends on the row and on the params
+t = 0.0
+y = h
+vy = 0.0
+n = 0
+while y > 0.0 and n < 10000 {
+    vy -= g * 0.01
+    y += vy * 0.01
+    t += 0.01
+    n += 1
+}
+loss (t - 0.5 * h)^2
+
+# nested loops, an if inside a loop, a function called inside a loop
+s = 0.0
+acc = zeros(3)
+for i in 0..3 {
+    for j in 0..4 {
+        if (i + j) * 1.0 > k {
+            s += e * step(s, e) * (1.0 * j)
+        } else {
+            s -= 0.1 * e^2
+        }
+        acc[i] += s * 0.1
+    }
+}
+loss s^2 * 0.01 + sum(acc * acc)
+
+# 2-D arrays with @, inside a loop
+z = v
+for r in 0..3 {
+    z = tanh(W @ z) @ W + v * 0.1
+}
+loss sum(z * z) + mean(W @ v)
+"""
+
+
+def test_control_flow_gradients(tmp_path):
+    csv = tmp_path / "cf.csv"
+    csv.write_text("h,k\n1.0,2.5\n2.3,0.5\n4.1,4.5\n0.7,3.2\n")
+    prog = compile_source(CONTROL_FLOW, "cf.dl")
+    rows = read_rows(prog, str(csv))
+    trips = set()
+    for r in rows:  # the trip count really differs from row to row
+        y, vy, n = r["h"], 0.0, 0
+        while y > 0.0:
+            vy -= 9.81 * 0.01
+            y += vy * 0.01
+            n += 1
+        trips.add(n)
+    assert len(trips) == len(rows)
+    data = load_data(prog, str(csv))
+    kernels = compile_kernels(prog)
+    for params in (initial_params(prog), shifted(initial_params(prog))):
+        loss, grads = kernels.grad(data, params)
+        assert loss == pytest.approx(program_loss(prog, rows, params), rel=1e-12)
+        fd = richardson_fd(lambda q: kernels.loss(data, q), params, step=1e-5)
+        # the while loop's trip count is a constant of the derivative: keep the FD step inside it
+        assert_grads_close(grads, fd, rel=1e-6, what="control flow")
+
+
+def test_tape_grows_for_long_while_loops():
+    prog = compile_source("param r = 0.99999\nx = 1.0\nn = 0\nwhile n < 200000 {\n x *= r\n n += 1\n}\nloss x\n", "long.dl")
+    loss, grads = compile_kernels(prog).grad(np.zeros((1, 0)), {"r": 0.99999})
+    assert loss == pytest.approx(0.99999 ** 200000, rel=1e-9)
+    assert grads["r"] == pytest.approx(200000 * 0.99999 ** 199999, rel=1e-9)
+
+
+# ---- hygiene of the generated code -----------------------------------------------------------------
+
+PYTHONIC_NAMES = """
+# names that mean something in Python, NumPy, Numba or our generated code
+data np, numba
+param range = 0.7
+param lambda = 1.3
+param grad[2] = 0.4
+
+fn tape(dl_np, math) {
+    return dl_np * math + 1.0
+}
+
+None = np * range
+class = 0.0
+for len in 0..3 {
+    class += tape(lambda, None) * (1.0 * len)
+}
+print = grad[0] * numba
+float = sum(grad * grad)
+dl_ftape = class + print + float
+b_range = range * 2.0
+t = b_range + dl_ftape
+loss t^2
+"""
+
+
+def test_names_like_np_range_lambda_grad_tape_do_not_collide(tmp_path):
+    csv = tmp_path / "n.csv"
+    csv.write_text("np,numba\n0.5,1.5\n-1.0,2.0\n")
+    prog = compile_source(PYTHONIC_NAMES, "names.dl")
+    rows = read_rows(prog, str(csv))
+    data = load_data(prog, str(csv))
+    kernels = compile_kernels(prog)
+    params = initial_params(prog)
+    # an independent computation in plain Python
+    def by_hand(p, row):
+        none = row["np"] * p["range"]
+        cls = 0.0
+        for i in range(3):
+            cls += (p["lambda"] * none + 1.0) * i
+        prt = p["grad"][0] * row["numba"]
+        flt = float(np.sum(p["grad"] * p["grad"]))
+        t = p["range"] * 2.0 + cls + prt + flt
+        return t * t
+    expected = np.mean([by_hand(params, r) for r in rows])
+    assert kernels.loss(data, params) == pytest.approx(expected, rel=1e-12)
+    loss, grads = kernels.grad(data, params)
+    assert_grads_close(grads, richardson_fd(lambda q: kernels.loss(data, q), params), what="names")
+
+
+HOSTILE = '''
+# ")); __import__("os").system("touch /tmp/dlang-pwned") #
+const payload = 3   # '; import os; os.system("rm -rf /") ; '
+data x
+param w = 0.5       # """ exec("print(1)") """
+y = w * x + payload # \\n import sys
+loss (y - 1.0)^2
+'''
+
+
+def test_no_user_text_but_identifiers_reaches_the_generated_source():
+    prog = compile_source(HOSTILE, "hostile.dl", {"payload": "7"})
+    source = generate(prog, reverse_ad(prog))
+    for fragment in ("import__", "os.system", "pwned", "rm -rf", "exec(", "print(1)", "import sys", '"""'):
+        assert fragment not in source
+    identifiers = {"x", "w", "y", "payload"}
+    allowed_strings = re.compile(r"""^('dl_fault:(index|while):\d+'|"numpy")$""")
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.STRING:
+            assert allowed_strings.match(tok.string), tok.string
+        elif tok.type == tokenize.COMMENT:
+            # our comments: fixed text, or a primal statement rendered from mangled names
+            assert re.fullmatch(r"#[ A-Za-z0-9_.,:;()=+\-*/<>!\[\]'\"]*", tok.string), tok.string
+            assert "import" not in tok.string.replace("import math", "").replace("import numpy", "")
+        elif tok.type == tokenize.NAME and not (tok.string.startswith("dl_") or keyword.iskeyword(tok.string)):
+            assert re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", tok.string)
+    assert re.search(r"^\s+y = \w+ \+ 7(\.0)?$", source, re.M), "the --const value reaches the code as our number"
+
+
+def test_generated_source_is_readable():
+    prog = load_program(str(PROGRAMS / "projectile.dl"))
+    source = generate(prog, reverse_ad(prog))
+    assert "# grad of:" in source
+    assert "b_drag" in source and "b_vx" in source
+    assert "def dl_forward_rows(dl_data, drag, angle, dl_losses, dl_outs):" in source
+    assert "v0 = dl_data[dl_r, 0]" in source
+    assert "dl_rt.push_f" in source and "dl_ftape[dl_fp]" in source
