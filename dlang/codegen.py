@@ -175,7 +175,7 @@ class _Writer:
         cparams = [self.n.define(p) for p in s.cond.params]
         self.assign(indent, cparams, [self.atom(a) for a in s.inits])
         count = self.n.unique("dl_trips")
-        line = s.loc[0] if s.loc else 0
+        line, col = s.loc if s.loc else (0, 0)
         self.line(indent, f"{count} = 0")
         self.line(indent, f"while True:  # line {line}")
         self.block(s.cond, indent + 1)
@@ -183,7 +183,7 @@ class _Writer:
         self.line(indent + 2, "break")
         self.line(indent + 1, f"{count} += 1")
         self.line(indent + 1, f"if {count} > {self.max_iterations}:")
-        self.line(indent + 2, f"raise RuntimeError('dl_fault:while:{line}')")
+        self.line(indent + 2, f"raise RuntimeError('dl_fault:while:{line}:{col}')")
         self.assign(indent + 1, [self.n.define(p) for p in s.body.params], cparams)
         self.block(s.body, indent + 1)
         self.assign(indent + 1, cparams, [self.atom(a) for a in s.body.results])
@@ -204,9 +204,9 @@ class _Writer:
             if isinstance(i, Lit):
                 continue  # checked at compile time
             name = self.atom(i)
-            line = e.loc[0] if e.loc else 0
+            line, col = e.loc if e.loc else (0, 0)
             self.line(indent, f"if {name} < 0 or {name} >= {size}:")
-            self.line(indent + 1, f"raise IndexError('dl_fault:index:{line}')")
+            self.line(indent + 1, f"raise IndexError('dl_fault:index:{line}:{col}')")
 
     def eqn(self, e: Eqn, indent: int) -> None:
         ins = [self.atom(a) for a in e.ins]

@@ -22,14 +22,11 @@ def columns_for(program: Program, header: list[str], path: str) -> list[int]:
     out = []
     for d in program.data:
         if d.type.shape:
-            names = None
-            for sep in ("_", ""):
-                candidate = [f"{d.name}{sep}{k}" for k in range(d.type.shape[0])]
-                if all(c in where for c in candidate):
-                    names = candidate
-                    break
-            if names is None:
-                missing = next(c for c in (f"{d.name}_{k}" for k in range(d.type.shape[0])) if c not in where)
+            schemes = [[f"{d.name}{sep}{k}" for k in range(d.type.shape[0])] for sep in ("_", "")]
+            names = next((s for s in schemes if all(c in where for c in s)), None)
+            if names is None:  # name the first missing column of the naming the file comes closest to
+                best = max(schemes, key=lambda s: sum(c in where for c in s))
+                missing = next(c for c in best if c not in where)
                 raise _error(path, f"no column '{missing}': data {d.name}[{d.type.shape[0]}] reads columns "
                                    f"{d.name}_0 ... {d.name}_{d.type.shape[0] - 1} (or {d.name}0 ...)")
         else:
@@ -38,6 +35,9 @@ def columns_for(program: Program, header: list[str], path: str) -> list[int]:
                 close = difflib.get_close_matches(d.name, header, 1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 raise _error(path, f"no column '{d.name}' (data {d.name} of the program reads it){hint}")
+        for c in names:
+            if header.count(c) > 1:
+                raise _error(path, f"the header names column '{c}' more than once")
         out += [where[c] for c in names]
     return out
 
@@ -63,46 +63,65 @@ def read_text(path: str) -> str:
 def load_data(program: Program, path: str | None) -> np.ndarray:
     """A rows x columns float matrix of the data the program reads, checked cell by cell."""
     if not program.data:
+        if path is not None:
+            read_text(path)  # a file the user named must at least exist
         return np.zeros((1, 0))
     if path is None:
         names = ", ".join(d.name for d in program.data)
         raise InputError(f"the program reads data ({names}); give a CSV file with --data")
     text = read_text(path)
-    table = [row for row in csv.reader(io.StringIO(text, newline="")) if row and any(c.strip() for c in row)]
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    table: list[list[str]] = []
+    lines: list[int] = []  # the file line each row starts on, for messages
+    try:
+        start = 1
+        for row in reader:
+            if len(row) > 1 or (row and row[0].strip()):  # skip blank lines; "," is a row of empty cells
+                table.append(row)
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise _error(path, f"line {reader.line_num}: the CSV cannot be read ({err})") from None
     if not table:
         raise _error(path, "the file is empty; expected a header row naming the columns")
     header = [h.strip() for h in table[0]]
     cols = columns_for(program, header, path)
-    body = table[1:]
+    body, lines = table[1:], lines[1:]
     if not body:
         raise _error(path, "the file has a header but no data rows")
     width = len(header)
-    for r, row in enumerate(body, start=1):
+    for r, row in enumerate(body):
         if len(row) != width:
-            raise _error(path, f"row {r} (line {r + 1}) has {len(row)} cells, but the header has {width}")
+            cells = f"{len(row)} cell{'s' * (len(row) != 1)}"
+            raise _error(path, f"row {r + 1} (line {lines[r]}) has {cells}, but the header has {width}")
     matrix = np.empty((len(body), len(cols)))
     for j, c in enumerate(cols):
         cells = [row[c] for row in body]
         try:
             matrix[:, j] = np.array(cells, dtype=np.float64)
+            if any("_" in cell for cell in cells):  # Python's float() reads 1_000; a CSV does not
+                raise ValueError
         except ValueError:
-            _raise_bad_cell(path, header[c], cells)
+            _raise_bad_cell(path, header[c], cells, lines)
         bad = ~np.isfinite(matrix[:, j])
         if bad.any():
-            r = int(np.argmax(bad)) + 1
-            raise _error(path, f"row {r} (line {r + 1}), column '{header[c]}': {cells[r - 1].strip()!r} is not a "
-                               "finite number")
+            r = int(np.argmax(bad))
+            raise _error(path, f"row {r + 1} (line {lines[r]}), column '{header[c]}': {cells[r].strip()!r} is "
+                               "not a finite number")
     return matrix
 
 
-def _raise_bad_cell(path: str, column: str, cells: list[str]):
-    for r, cell in enumerate(cells, start=1):
+def _raise_bad_cell(path: str, column: str, cells: list[str], lines: list[int]):
+    for r, cell in enumerate(cells):
         text = cell.strip()
+        where = f"row {r + 1} (line {lines[r]}), column '{column}'"
         if not text:
-            raise _error(path, f"row {r} (line {r + 1}), column '{column}': the cell is empty")
+            raise _error(path, f"{where}: the cell is empty")
         try:
+            if "_" in text:
+                raise ValueError
             float(text)
         except ValueError:
             shown = text if len(text) <= 40 else text[:37] + "..."
-            raise _error(path, f"row {r} (line {r + 1}), column '{column}': {shown!r} is not a number") from None
+            raise _error(path, f"{where}: {shown!r} is not a number") from None
     raise _error(path, f"column '{column}' has a cell that is not a number")

@@ -93,7 +93,7 @@ class _FaultReport:
     def __exit__(self, kind, err, tb):
         if err is None or not isinstance(err, (IndexError, RuntimeError)) or "dl_fault:" not in str(err):
             return False
-        what, line = str(err).split("dl_fault:")[1].split(":")[:2]
+        what, line, col = str(err).split("dl_fault:")[1].split(":")[:3]
         row = self._find_row()
         where = f" (data row {row + 1})" if row is not None else ""
         if what == "index":
@@ -101,8 +101,8 @@ class _FaultReport:
         else:
             message = (f"the while loop ran more than the allowed number of iterations{where}; "
                        "raise the cap with --max-iterations if it is meant to")
-        line = int(line)
-        span = Span(line, 1, line, 2) if line else None
+        line, col = int(line), int(col)
+        span = Span(line, col, line, col + 1) if line else None
         source = None
         path = self.kernels.program.source_path
         if path and os.path.exists(path):

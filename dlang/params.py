@@ -33,7 +33,7 @@ def load_params(program: Program, path: str | None, seed: int = 0) -> dict:
     except (OSError, UnicodeDecodeError) as err:
         raise _error(path, f"cannot read the params file ({err})") from None
     try:
-        values = json.loads(text, parse_constant=_no_constant)
+        values = json.loads(text, parse_constant=_JsonConstant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         span = Span(err.lineno, err.colno, err.lineno, err.colno + 1)
         raise _error(path, f"this is not valid JSON: {err.msg[0].lower() + err.msg[1:]}", span, text) from None
@@ -52,11 +52,38 @@ def load_params(program: Program, path: str | None, seed: int = 0) -> dict:
     return params
 
 
-def _no_constant(word: str):
-    raise ValueError(f"{word} is not a number a params file may hold")
+class _JsonConstant(float):
+    """NaN, Infinity or -Infinity as written in the file (JSON has no such numbers)."""
+
+    def __new__(cls, word: str):
+        value = super().__new__(cls, word.replace("Infinity", "inf"))
+        value.word = word
+        return value
+
+
+def _first_non_number(value) -> tuple[bool, object]:
+    """(True, leaf) for the first leaf of nested lists that is not a number, else (False, None)."""
+    stack = [value]
+    while stack:
+        x = stack.pop(0)
+        if isinstance(x, list):
+            stack = x + stack
+        elif isinstance(x, bool) or not isinstance(x, (int, float)):
+            return True, x
+    return False, None
+
+
+def _unique_keys(pairs):
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ValueError(f"param '{key}' is given twice")
+        seen[key] = value
+    return seen
 
 
 def _shape_of(value) -> tuple[int, ...] | None:
+    """The shape of nested lists; None when ragged or when something is not a list or number."""
     if isinstance(value, list):
         if not value:
             return (0,)
@@ -64,6 +91,8 @@ def _shape_of(value) -> tuple[int, ...] | None:
         if any(s is None or s != inner[0] for s in inner):
             return None
         return (len(value),) + inner[0]
+    if isinstance(value, (dict, str)) or value is None:
+        return None
     return ()
 
 
@@ -72,18 +101,38 @@ def _describe(shape: tuple[int, ...]) -> str:
 
 
 def _convert(path: str, name: str, value, shape: tuple[int, ...]):
+    found, bad = _first_non_number(value)
+    if found and (not shape or isinstance(value, list)):
+        raise _error(path, f"param '{name}': {json.dumps(bad)[:40]} is not a number")
     got = _shape_of(value)
     if got is None:
-        raise _error(path, f"param '{name}': the nested lists are ragged; expected {_describe(shape)}")
+        what = _json_kind(value)
+        if what and not shape:
+            raise _error(path, f"param '{name}': {json.dumps(value)[:40]} is not a number")
+        if what:
+            raise _error(path, f"param '{name}' should be {_describe(shape)}, but the file gives {what}")
+        raise _error(path, f"param '{name}': the nested lists are ragged or hold something that is not "
+                           f"a number; expected {_describe(shape)}")
     if got != shape:
         raise _error(path, f"param '{name}' should be {_describe(shape)}, but the file gives {_describe(got)}")
     flat = np.array(value, dtype=object).ravel() if shape else [value]
     for x in flat:
         if isinstance(x, bool) or not isinstance(x, (int, float)):
             raise _error(path, f"param '{name}': {json.dumps(x)} is not a number")
-        if not math.isfinite(x):
-            raise _error(path, f"param '{name}': {x} is not a finite number")
+        if isinstance(x, int) and abs(x) > 1e308 or not math.isfinite(x):
+            shown = getattr(x, "word", x) if isinstance(x, float) else "a huge integer"
+            raise _error(path, f"param '{name}': {shown} is not a finite number")
     return np.array(value, dtype=np.float64) if shape else float(value)
+
+
+def _json_kind(value) -> str | None:
+    if isinstance(value, dict):
+        return "a JSON object"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    return None
 
 
 def params_to_json(params: dict) -> dict:

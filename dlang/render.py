@@ -136,8 +136,6 @@ def show_grad(report) -> None:
 
 
 def _json_value(v):
-    import math
-
     import numpy as np
 
     if isinstance(v, np.ndarray):
@@ -158,5 +156,5 @@ def grad_json(report) -> str:
     if report.check:
         out["check"] = {"passed": report.check.passed,
                         "fd": {k: _json_value(v) for k, v in report.check.fd.items()},
-                        "rel_error": report.check.rel_error}
+                        "rel_error": {k: _json_number(v) for k, v in report.check.rel_error.items()}}
     return json.dumps(out)
