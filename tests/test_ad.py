@@ -3,7 +3,6 @@ compiled losses against the reference interpreter, and hygiene of the generated 
 from __future__ import annotations
 
 import io
-import keyword
 import re
 import tokenize
 
