@@ -7,6 +7,7 @@ import numpy as np
 
 from .codegen import DEFAULT_MAX_ITERATIONS
 from .data import load_data
+from .errors import Diagnostic, InputError
 from .frontend import load_program
 from .gradcheck import Comparison, compare, finite_differences
 from .ir import Program
@@ -32,6 +33,13 @@ def prepare(program_path: str, data_path: str | None, params_path: str | None,
     return Prepared(program, kernels, data, params)
 
 
+def require_loss(program: Program, command: str) -> None:
+    if not program.has_loss:
+        raise InputError(Diagnostic(f"the program has no loss statement, so there is nothing to {command}; "
+                                    "add one, for example: loss (prediction - target)^2",
+                                    None, program.source_path))
+
+
 @dataclass
 class GradReport:
     program: Program
@@ -46,6 +54,7 @@ def grad(program_path: str, data_path: str | None = None, params_path: str | Non
          consts: list[str] | None = None, check: bool = False) -> GradReport:
     """The mean loss over the rows and its gradient; with check, finite differences beside it."""
     p = prepare(program_path, data_path, params_path, consts)
+    require_loss(p.program, "grad")
     loss, grads = p.kernels.grad(p.data, p.params)
     comparison = None
     if check:

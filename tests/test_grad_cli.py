@@ -549,3 +549,10 @@ def test_index_fault_caret_is_under_the_index(run_cli, write_program, write_file
 @pytest.mark.skip(reason="no CLI option yet caps while-loop iterations; an endless loop cannot be tested")
 def test_endless_while_loop_hits_the_cap():
     pass
+
+
+def test_grad_of_a_program_without_loss_is_an_error(run_cli, write_program):
+    path = write_program("param a = 1.0\noutput y = 2.0 * a\n", "noloss.dl")
+    r = run_cli("grad", path)
+    assert r.code == 1 and r.out == ""
+    assert "no loss statement" in r.err and str(path) in r.err
