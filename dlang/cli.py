@@ -106,6 +106,76 @@ def grad(
         raise typer.Exit(1)
 
 
+class Optimizer(str, Enum):
+    lbfgs = "lbfgs"
+    adam = "adam"
+    sgd = "sgd"
+
+
+@app.command()
+def train(
+    program: ProgramArg,
+    data: DataOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Most epochs to run (default: 500 for lbfgs, 300 for "
+                                                       "adam and sgd); training stops earlier once it converges.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate for adam and sgd (default 0.01).")] = None,
+    optimizer: Annotated[Optimizer, typer.Option(help="lbfgs (full batch, the default), adam or sgd "
+                                                      "(with momentum 0.9).")] = Optimizer.lbfgs,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Rows per step for adam and sgd "
+                                                                           "(default 32).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the shuffle and of random param starts.")] = 0,
+    init: Annotated[Optional[str], typer.Option(metavar="JSON", help="Start from this params file.")] = None,
+    out: Annotated[Optional[str], typer.Option(metavar="JSON", help="Where to write the fitted params "
+                                                                    "(default: PROGRAM with .params.json).")] = None,
+    history: Annotated[Optional[str], typer.Option(metavar="CSV", help="Write epoch, loss and gradient norm "
+                                                                       "to this CSV file.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per epoch, then one with the "
+                                                          "fitted params.")] = False,
+    const: ConstOpt = None,
+) -> None:
+    """Fit the params of PROGRAM to its data, with live progress; write the best params found."""
+    import signal
+
+    from . import commands, render
+    from .train import TrainOptions
+
+    options = TrainOptions(optimizer.value, epochs, lr, batch_size, seed)
+    interrupted = {"count": 0}
+
+    def on_sigint(signum, frame):  # stop between batches: a compiled kernel cannot be interrupted
+        interrupted["count"] += 1
+        if interrupted["count"] > 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with render.TrainProgress(json_out) as progress:
+            run = commands.train(program, data, init, const, options, out, history, progress.update,
+                                 lambda: interrupted["count"] > 0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    render.show_trained(run, json_out)
+    if run.result.status == "interrupted":
+        raise typer.Exit(130)
+    if run.result.status == "non-finite":
+        raise typer.Exit(1)
+
+
+@app.command()
+def run(
+    program: ProgramArg,
+    data: DataOpt = None,
+    params: ParamsOpt = None,
+    out: Annotated[Optional[str], typer.Option(metavar="CSV", help="Write the CSV here instead of stdout.")] = None,
+    const: ConstOpt = None,
+) -> None:
+    """Evaluate PROGRAM on every data row: each row's loss and outputs as CSV; the mean loss on stderr."""
+    from . import commands, render
+
+    report = commands.run(program, data, params, const)
+    render.write_run(report, out)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors exit 1 with a message and never a traceback."""
     try:

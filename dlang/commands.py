@@ -1,6 +1,7 @@
 """What the commands do, as library functions: the CLI only parses options and renders."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +13,7 @@ from .frontend import load_program
 from .gradcheck import Comparison, compare, finite_differences
 from .ir import Program
 from .kernels import Kernels, compile_kernels
-from .params import load_params
+from .params import load_params, write_params, write_text_atomically
 
 
 @dataclass
@@ -61,3 +62,85 @@ def grad(program_path: str, data_path: str | None = None, params_path: str | Non
         fd = finite_differences(lambda q: p.kernels.loss(p.data, q), p.params)
         comparison = compare(grads, fd, loss)
     return GradReport(p.program, loss, p.params, grads, p.data.shape[0], comparison)
+
+
+def default_out(program_path: str) -> str:
+    """programs/projectile.dl -> programs/projectile.params.json"""
+    base = program_path[:-3] if program_path.endswith(".dl") else program_path
+    return base + ".params.json"
+
+
+@dataclass
+class TrainRun:
+    prepared: Prepared
+    result: object  # train.TrainResult
+    out: str
+
+
+def train(program_path: str, data_path: str | None, init_path: str | None, consts: list[str] | None,
+          options, out_path: str | None, history_path: str | None, on_epoch=None,
+          should_stop=lambda: False) -> TrainRun:
+    """Fit the params; write the best ones to out_path (atomically) however training ends."""
+    from .train import Trainer
+
+    program = load_program(program_path, consts)
+    require_loss(program, "train")
+    data = load_data(program, data_path)
+    params = load_params(program, init_path, options.seed)
+    out = out_path or default_out(program_path)
+    _check_writable(out, "--out")
+    if history_path:
+        _check_writable(history_path, "--history")
+    kernels = compile_kernels(program)
+    trainer = Trainer(kernels, data, params, options)
+    try:
+        result = trainer.run(on_epoch, should_stop)
+    finally:  # even on an unexpected error, what was learnt so far is kept
+        if trainer.history or not os.path.exists(out):
+            best = trainer.flat.unpack(trainer.best_x)
+            write_params(out, best)
+    if history_path:
+        write_history(history_path, result.history)
+    return TrainRun(Prepared(program, kernels, data, params), result, out)
+
+
+def _check_writable(path: str, option: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise InputError(f"{option} {path}: is a directory")
+    if not os.path.isdir(directory):
+        raise InputError(f"{option} {path}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK):
+        raise InputError(f"{option} {path}: cannot write to {directory}")
+
+
+def write_history(path: str, history) -> None:
+    lines = ["epoch,loss,grad_norm,best_loss"]
+    lines += [f"{e.epoch},{e.loss!r},{e.grad_norm!r},{e.best_loss!r}" for e in history]
+    write_text_atomically(path, "\n".join(lines) + "\n")
+
+
+@dataclass
+class RunReport:
+    header: list[str]
+    table: np.ndarray  # rows x (1 + output columns): loss, outputs
+    mean_loss: float
+
+
+def run(program_path: str, data_path: str | None, params_path: str | None,
+        consts: list[str] | None) -> RunReport:
+    """Every row's loss and outputs."""
+    p = prepare(program_path, data_path, params_path, consts)
+    losses, outs = p.kernels.forward_rows(p.data, p.params)
+    header = ["loss"] + output_columns(p.program)
+    return RunReport(header, np.column_stack([losses, outs]), float(np.mean(losses)))
+
+
+def output_columns(program: Program) -> list[str]:
+    names = []
+    for name, r in zip(program.outputs, program.body.results[1:]):
+        if r.type.shape:
+            names += [name + "".join(f"_{i}" for i in idx) for idx in np.ndindex(r.type.shape)]
+        else:
+            names.append(name)
+    return names

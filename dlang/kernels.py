@@ -49,6 +49,7 @@ class Kernels:
     source: str
     path: Path
     module: object
+    _tapes: tuple | None = None
 
     def _param_args(self, params: dict) -> list:
         args = []
@@ -70,11 +71,12 @@ class Kernels:
 
     def grad(self, data: np.ndarray, params: dict) -> tuple[float, dict]:
         """The mean loss over rows and its gradient with respect to every param."""
-        ftape = np.empty(4096)
-        itape = np.empty(1024, np.int64)
+        if self._tapes is None:
+            self._tapes = (np.empty(4096), np.empty(1024, np.int64))
         with self._faults(data, params):
-            loss, *grads_and_tapes = self.module.dl_grad_rows(data, *self._param_args(params), ftape, itape)
+            loss, *grads_and_tapes = self.module.dl_grad_rows(data, *self._param_args(params), *self._tapes)
         grads = grads_and_tapes[:-2]
+        self._tapes = tuple(grads_and_tapes[-2:])  # grown tapes are kept for the next call
         return float(loss), {p.name: (g if p.type.shape else float(g)) for p, g in zip(self.program.params, grads)}
 
     def _faults(self, data, params):

@@ -141,12 +141,19 @@ def params_to_json(params: dict) -> dict:
 
 def write_params(path: str, params: dict) -> None:
     """Write a params file atomically: a temporary file beside it, then a rename."""
+    write_text_atomically(path, json.dumps(params_to_json(params), indent=2) + "\n")
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """A temporary file in the same directory, flushed to disk, then renamed over `path`:
+    a reader sees the old file or the new one, never half of one."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".params-", suffix=".json.tmp")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(params_to_json(params), f, indent=2)
-            f.write("\n")
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -158,3 +158,144 @@ def grad_json(report) -> str:
                         "fd": {k: _json_value(v) for k, v in report.check.fd.items()},
                         "rel_error": {k: _json_number(v) for k, v in report.check.rel_error.items()}}
     return json.dumps(out)
+
+
+# ---- dlang train ------------------------------------------------------------------------------
+
+_BLOCKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 24) -> str:
+    """The recent history of a loss as a row of block characters (log scale when positive)."""
+    import math
+
+    vals = [v for v in values[-width:] if math.isfinite(v)]
+    if not vals:
+        return ""
+    if all(v > 0 for v in vals):
+        vals = [math.log10(v) for v in vals]
+    lo, hi = min(vals), max(vals)
+    if hi - lo < 1e-12:
+        return _BLOCKS[0] * len(vals)
+    return "".join(_BLOCKS[min(7, int((v - lo) / (hi - lo) * 7.999))] for v in vals)
+
+
+class TrainProgress:
+    """Live progress: a rich bar on a terminal, a plain line every few seconds otherwise,
+    or one JSON object per epoch with --json. Progress goes to stderr (JSON to stdout)."""
+
+    PLAIN_EVERY = 2.0
+
+    def __init__(self, json_lines: bool):
+        self.json_lines = json_lines
+        self.console = _console(stderr=True)
+        self.losses: list[float] = []
+        self.progress = None
+        self.last_plain = 0.0
+        self.last = None
+
+    def __enter__(self):
+        if not self.json_lines and self.console.is_terminal:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("epoch {task.completed:>4}/{task.total}"), BarColumn(), TimeRemainingColumn(),
+                TextColumn("loss {task.fields[loss]}  best {task.fields[best]}  |grad| {task.fields[gnorm]}  "
+                           "{task.fields[rate]} rows/s  {task.fields[spark]}"),
+                console=self.console, transient=False)
+            self.progress.__enter__()
+            self.task = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        elif not self.json_lines and self.last is not None:
+            self._plain(self.last)  # the last epoch, whenever the previous line was
+        return False
+
+    def update(self, e) -> None:
+        import json
+        import time
+
+        self.losses.append(e.loss)
+        self.last = e
+        if self.json_lines:
+            print(json.dumps({"epoch": e.epoch, "loss": _json_number(e.loss),
+                              "grad_norm": _json_number(e.grad_norm)}), flush=True)
+        elif self.progress is not None:
+            fields = dict(loss=f"{e.loss:.6g}", best=f"{e.best_loss:.6g}", gnorm=f"{e.grad_norm:.3g}",
+                          rate=f"{e.rows_per_second:,.0f}", spark=sparkline(self.losses))
+            if self.task is None:
+                self.task = self.progress.add_task("train", total=e.epochs, **fields)
+            self.progress.update(self.task, completed=e.epoch, **fields)
+        else:
+            now = time.monotonic()
+            if now - self.last_plain >= self.PLAIN_EVERY:
+                self._plain(e)
+                self.last_plain = now
+                self.last = None
+
+    def _plain(self, e) -> None:
+        import sys
+
+        sys.stderr.write(f"epoch {e.epoch}/{e.epochs}  loss {e.loss:.6g}  best {e.best_loss:.6g}  "
+                         f"|grad| {e.grad_norm:.3g}  {e.rows_per_second:,.0f} rows/s\n")
+        sys.stderr.flush()
+
+
+def show_trained(run, json_out: bool) -> None:
+    import json
+
+    from rich.table import Table
+
+    result = run.result
+    if json_out:
+        print(json.dumps({"params": {k: _json_value(v) for k, v in result.params.items()},
+                          "loss": _json_number(result.loss), "epochs": result.epochs,
+                          "stopped": result.stopped, "status": result.status, "out": run.out}))
+        if result.status != "done":
+            _console(stderr=True).print(f"{_headline(run)}", highlight=False)
+        return
+    console = _console()
+    table = Table()
+    table.add_column("param", style="cyan", no_wrap=True)
+    table.add_column("shape", style="yellow")
+    table.add_column("fitted value", justify="right", style="bold")
+    for p in run.prepared.program.params:
+        shape = "[" + ", ".join(map(str, p.type.shape)) + "]" if p.type.shape else "scalar"
+        table.add_row(p.name, shape, _value_text(result.params[p.name]))
+    if run.prepared.program.params:
+        console.print(table)
+    err = _console(stderr=True)
+    target = err if result.status != "done" else console
+    target.print(_headline(run), highlight=False)
+
+
+def _headline(run) -> str:
+    r = run.result
+    loss = f"{r.loss:.8g}" if r.loss == r.loss and r.loss != float("inf") else "not finite"
+    if r.status == "interrupted":
+        return (f"interrupted after {r.epochs} epochs: saved the best params so far (loss {loss}) to {run.out}")
+    if r.status == "non-finite":
+        return f"stopped: {r.stopped}; saved the last good params (loss {loss}) to {run.out}"
+    return f"{r.stopped} after {r.epochs} epochs; best loss {loss}; params written to {run.out}"
+
+
+# ---- dlang run --------------------------------------------------------------------------------
+
+def write_run(report, out: str | None) -> None:
+    import sys
+
+    lines = [",".join(report.header)]
+    for row in report.table:
+        lines.append(",".join(repr(float(v)) for v in row))
+    text = "\n".join(lines) + "\n"
+    if out:
+        from .params import write_text_atomically
+
+        write_text_atomically(out, text)
+    else:
+        sys.stdout.write(text)
+    sys.stderr.write(f"mean loss {report.mean_loss:.10g} over {report.table.shape[0]} "
+                     f"row{'s' * (report.table.shape[0] != 1)}\n")

@@ -1,0 +1,308 @@
+"""Training: fit a program's params with SGD (momentum), Adam or L-BFGS, driven by the
+compiled gradient kernel. Library code: it reports each epoch to a callback and never prints."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .errors import InputError
+from .kernels import Kernels
+
+OPTIMIZERS = ("lbfgs", "adam", "sgd")
+DEFAULT_EPOCHS = {"lbfgs": 500, "adam": 300, "sgd": 300}
+DEFAULT_LR = {"adam": 0.01, "sgd": 0.01}
+DEFAULT_BATCH = 32
+MOMENTUM = 0.9
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclass
+class TrainOptions:
+    optimizer: str = "lbfgs"
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    tol: float = 1e-10  # stop when the best loss improves by less than this (relative) ...
+    patience: int = 20  # ... over this many epochs (adam, sgd)
+    gtol: float = 1e-10  # or when the gradient norm falls below this (relative to max(1, loss))
+
+    def resolved(self, rows: int) -> "TrainOptions":
+        """The options with defaults filled in, checked: a bad option is a user error."""
+        if self.optimizer not in OPTIMIZERS:
+            raise InputError(f"--optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        epochs = DEFAULT_EPOCHS[self.optimizer] if self.epochs is None else self.epochs
+        if epochs < 1:
+            raise InputError(f"--epochs must be at least 1, not {epochs}")
+        if self.optimizer == "lbfgs":
+            if self.batch_size is not None:
+                raise InputError("--batch-size works with --optimizer adam or sgd; lbfgs uses every row each step")
+            if self.lr is not None:
+                raise InputError("--lr works with --optimizer adam or sgd; lbfgs chooses its own steps")
+            lr, batch = None, rows
+        else:
+            lr = DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
+            if not (math.isfinite(lr) and lr > 0):
+                raise InputError(f"--lr must be a positive number, not {lr}")
+            batch = min(DEFAULT_BATCH, rows) if self.batch_size is None else self.batch_size
+            if batch < 1:
+                raise InputError(f"--batch-size must be at least 1, not {batch}")
+            batch = min(batch, rows)
+        return TrainOptions(self.optimizer, epochs, lr, batch, self.seed, self.tol, self.patience, self.gtol)
+
+
+@dataclass
+class Epoch:
+    """What one epoch did: the loss over all rows at its end, and how fast it went."""
+
+    epoch: int
+    epochs: int
+    loss: float
+    best_loss: float
+    grad_norm: float
+    rows: int  # rows processed (gradient evaluations x rows)
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("inf")
+
+
+@dataclass
+class TrainResult:
+    params: dict  # the best params seen (lowest loss over all rows)
+    loss: float
+    epochs: int  # epochs completed
+    stopped: str  # why training stopped, in words
+    status: str  # "done", "interrupted" or "non-finite"
+    history: list[Epoch] = field(default_factory=list)
+    non_finite: list[str] = field(default_factory=list)  # params whose value or gradient went non-finite
+
+
+class _Flat:
+    """Params dict <-> one flat float vector, in the program's param order."""
+
+    def __init__(self, params: dict):
+        self.names = list(params)
+        self.shapes = [np.shape(params[k]) for k in self.names]
+        self.sizes = [int(np.prod(s)) if s else 1 for s in self.shapes]
+
+    def pack(self, params: dict) -> np.ndarray:
+        return np.concatenate([np.ravel(np.asarray(params[k], float)) for k in self.names]) if self.names \
+            else np.zeros(0)
+
+    def unpack(self, x: np.ndarray) -> dict:
+        out, k = {}, 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            out[name] = x[k:k + size].reshape(shape).copy() if shape else float(x[k])
+            k += size
+        return out
+
+    def non_finite(self, x: np.ndarray) -> list[str]:
+        bad, k = [], 0
+        for name, size in zip(self.names, self.sizes):
+            if not np.all(np.isfinite(x[k:k + size])):
+                bad.append(name)
+            k += size
+        return bad
+
+
+class _NonFinite(Exception):
+    def __init__(self, names: list[str], what: str):
+        super().__init__(what)
+        self.names, self.what = names, what
+
+
+class Trainer:
+    """Fits params; `run` reports each epoch to on_epoch and checks should_stop between batches."""
+
+    def __init__(self, kernels: Kernels, data: np.ndarray, params: dict, options: TrainOptions):
+        self.kernels = kernels
+        self.data = data
+        self.rows = data.shape[0]
+        self.options = options.resolved(self.rows)
+        self.flat = _Flat(params)
+        self.x = self.flat.pack(params)
+        self.best_x = self.x.copy()
+        self.best_loss = math.inf
+        self.history: list[Epoch] = []
+
+    # ---- evaluation ------------------------------------------------------------------------
+
+    def loss_and_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+        data = self.data if rows is None else self.data[rows]
+        loss, grads = self.kernels.grad(data, self.flat.unpack(x))
+        g = self.flat.pack(grads)
+        if not math.isfinite(loss) or not np.all(np.isfinite(g)):
+            names = self.flat.non_finite(g) or self.flat.names
+            what = "the loss" if not math.isfinite(loss) else "the gradient"
+            raise _NonFinite(names, what)
+        return loss, g
+
+    def full_loss(self, x: np.ndarray) -> float:
+        return self.kernels.loss(self.data, self.flat.unpack(x))
+
+    def note(self, epoch: int, x: np.ndarray, loss: float, grad_norm: float, rows: int, seconds: float,
+             on_epoch) -> Epoch:
+        if math.isfinite(loss) and loss < self.best_loss:
+            self.best_loss, self.best_x = loss, x.copy()
+        e = Epoch(epoch, self.options.epochs, loss, self.best_loss, grad_norm, rows, seconds)
+        self.history.append(e)
+        if on_epoch:
+            on_epoch(e)
+        return e
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self, on_epoch: Callable[[Epoch], None] | None = None,
+            should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
+        try:
+            if self.options.optimizer == "lbfgs":
+                stopped, status = self._lbfgs(on_epoch, should_stop)
+            else:
+                stopped, status = self._first_order(on_epoch, should_stop)
+            bad: list[str] = []
+        except _NonFinite as err:
+            epoch = len(self.history) + 1
+            stopped = (f"{err.what} went non-finite in epoch {epoch} (for {', '.join(err.names)}); "
+                       "the last good params were kept")
+            status, bad = "non-finite", err.names
+        if not math.isfinite(self.best_loss):  # nothing finished: keep the starting params
+            self.best_x = self.x.copy()
+        return TrainResult(self.flat.unpack(self.best_x), self.best_loss, len(self.history), stopped, status,
+                           self.history, bad)
+
+    def _converged(self, loss: float, grad_norm: float) -> str | None:
+        o = self.options
+        if grad_norm <= o.gtol * max(1.0, abs(loss)):
+            return f"converged: the gradient norm {grad_norm:.3g} fell below the tolerance"
+        if len(self.history) > o.patience:
+            before = self.history[-o.patience - 1].best_loss
+            if before - self.best_loss <= o.tol * max(1.0, abs(before)):
+                return f"converged: the loss stopped improving (by less than {o.tol:g} over {o.patience} epochs)"
+        return None
+
+    def _first_order(self, on_epoch, should_stop) -> tuple[str, str]:
+        o = self.options
+        rng = np.random.default_rng(o.seed)
+        x = self.x
+        velocity = np.zeros_like(x)
+        m, v = np.zeros_like(x), np.zeros_like(x)
+        step = 0
+        for epoch in range(1, o.epochs + 1):
+            start = time.perf_counter()
+            order = rng.permutation(self.rows)
+            grad_sum, batches = np.zeros_like(x), 0
+            for k in range(0, self.rows, o.batch_size):
+                if should_stop():
+                    return "interrupted", "interrupted"
+                rows = order[k:k + o.batch_size]
+                _, g = self.loss_and_grad(x, rows if len(rows) < self.rows else None)
+                step += 1
+                if o.optimizer == "sgd":
+                    velocity = MOMENTUM * velocity - o.lr * g
+                    new = x + velocity
+                else:
+                    b1, b2 = ADAM_BETAS
+                    m = b1 * m + (1 - b1) * g
+                    v = b2 * v + (1 - b2) * g * g
+                    mhat, vhat = m / (1 - b1 ** step), v / (1 - b2 ** step)
+                    new = x - o.lr * mhat / (np.sqrt(vhat) + ADAM_EPS)
+                bad = self.flat.non_finite(new)
+                if bad:
+                    raise _NonFinite(bad, "the params")
+                x = self.x = new
+                grad_sum += g
+                batches += 1
+            loss = self.full_loss(x)
+            if not math.isfinite(loss):
+                raise _NonFinite(self.flat.names, "the loss")
+            grad_norm = float(np.linalg.norm(grad_sum / max(batches, 1)))
+            self.note(epoch, x, loss, grad_norm, self.rows, time.perf_counter() - start, on_epoch)
+            why = self._converged(loss, grad_norm)
+            if why:
+                return why, "done"
+        return f"finished {o.epochs} epochs", "done"
+
+    def _lbfgs(self, on_epoch, should_stop) -> tuple[str, str]:
+        """L-BFGS with a backtracking line search that treats a non-finite loss as a step too far.
+
+        Ours rather than SciPy's L-BFGS-B: simulators often blow up (overflow to inf) when a
+        trial step moves a param too far, and L-BFGS-B then stops at once at the start; here
+        the step is shortened until the loss is finite and decreases enough (Armijo)."""
+        o = self.options
+        x = self.x
+        f, g = self.loss_and_grad(x)
+        self.best_loss, self.best_x = f, x.copy()
+        memory: list[tuple[np.ndarray, np.ndarray, float]] = []
+        stalled = 0
+        for epoch in range(1, o.epochs + 1):
+            start = time.perf_counter()
+            if float(np.linalg.norm(g)) <= o.gtol * max(1.0, abs(f)):
+                return "converged: the gradient norm fell below the tolerance", "done"
+            d = self._direction(g, memory)
+            slope = float(g @ d)
+            if slope >= 0.0:  # not a descent direction: forget the curvature pairs
+                memory.clear()
+                d = self._direction(g, memory)
+                slope = float(g @ d)
+            step = 1.0 if memory else min(1.0, 1.0 / max(float(np.linalg.norm(g)), 1e-300))
+            evaluations = 0
+            for _ in range(60):
+                if should_stop():
+                    return "interrupted", "interrupted"
+                trial = x + step * d
+                evaluations += 1
+                try:
+                    f_new, g_new = self.loss_and_grad(trial)
+                except _NonFinite:
+                    step *= 0.25
+                    continue
+                if f_new <= f + 1e-4 * step * slope:
+                    break
+                # quadratic interpolation of the loss along d, kept within [0.1, 0.5] of the step
+                denom = 2.0 * (f_new - f - slope * step)
+                guess = -slope * step * step / denom if denom > 0 else 0.5 * step
+                step = min(max(guess, 0.1 * step), 0.5 * step)
+            else:
+                return "stopped: no step along the search direction lowers the loss any further", "done"
+            s_vec, y_vec = trial - x, g_new - g
+            sy = float(s_vec @ y_vec)
+            if sy > 1e-12 * float(np.linalg.norm(s_vec) * np.linalg.norm(y_vec)):
+                memory.append((s_vec, y_vec, 1.0 / sy))
+                del memory[:-20]
+            improvement = f - f_new
+            x, f, g = trial, f_new, g_new
+            self.x = x
+            self.note(epoch, x, f, float(np.linalg.norm(g)), evaluations * self.rows,
+                      time.perf_counter() - start, on_epoch)
+            stalled = stalled + 1 if improvement <= 1e-14 * max(1.0, abs(f)) else 0
+            if stalled >= 3:
+                return "converged: the loss stopped improving", "done"
+        return f"finished {o.epochs} epochs", "done"
+
+    @staticmethod
+    def _direction(g: np.ndarray, memory) -> np.ndarray:
+        """-H g by the two-loop recursion over the stored curvature pairs."""
+        q = g.copy()
+        alphas = []
+        for s, y, rho in reversed(memory):
+            a = rho * float(s @ q)
+            q -= a * y
+            alphas.append(a)
+        if memory:
+            s, y, _ = memory[-1]
+            q *= float(s @ y) / float(y @ y)
+        for (s, y, rho), a in zip(memory, reversed(alphas)):
+            b = rho * float(y @ q)
+            q += (a - b) * s
+        return -q
+
+
+class _Interrupted(Exception):
+    pass
