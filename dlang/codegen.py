@@ -129,12 +129,44 @@ class _Writer:
         self.lines.append("    " * indent + text)
 
     def block(self, b: Block, indent: int, top: bool = False) -> None:
+        pushes: list[Eqn] = []
         for k, s in enumerate(b.eqns):
+            if isinstance(s, Eqn) and s.op == "push":
+                pushes.append(s)
+                continue
+            self.push_group(pushes, indent)
+            pushes = []
             if top and self.reverse_from is not None and k == self.reverse_from:
                 self.line(indent, "# ---- reverse sweep: adjoints b_x = d loss / d x ----")
                 self.in_reverse = True
                 self.last_comment_loc = None
             self.stmt(s, indent)
+        self.push_group(pushes, indent)
+
+    def push_group(self, pushes: list[Eqn], indent: int) -> None:
+        """Tape pushes: one capacity check per tape for the group, then plain stores (a call
+        per push that hands the tape array back costs reference counting on every value)."""
+        if not pushes:
+            return
+        floats = sum(_size(e.ins[0].type) if e.ins[0].type.shape else 1 for e in pushes if e.ins[0].type.kind == "f64")
+        ints = sum(1 for e in pushes if e.ins[0].type.kind != "f64")
+        for tape, top, need in (("dl_ftape", "dl_fp", floats), ("dl_itape", "dl_ip", ints)):
+            if need:
+                self.line(indent, f"if {top} + {need} > {tape}.shape[0]:")
+                self.line(indent + 1, f"{tape} = dl_rt.grown({tape}, {top} + {need})")
+        for e in pushes:
+            a = e.ins[0]
+            name = self.atom(a)
+            if a.type.shape:
+                size = _size(a.type)
+                self.line(indent, f"dl_ftape[dl_fp:dl_fp + {size}] = {name}.ravel()")
+                self.line(indent, f"dl_fp += {size}")
+            elif a.type == F64:
+                self.line(indent, f"dl_ftape[dl_fp] = {name}")
+                self.line(indent, "dl_fp += 1")
+            else:
+                self.line(indent, f"dl_itape[dl_ip] = {name}")
+                self.line(indent, "dl_ip += 1")
 
     def comment_for(self, loc, indent: int) -> None:
         if not (self.in_reverse and self.comments) or loc is None or loc == self.last_comment_loc:
@@ -211,7 +243,7 @@ class _Writer:
     def eqn(self, e: Eqn, indent: int) -> None:
         ins = [self.atom(a) for a in e.ins]
         if e.op == "push":
-            self.push(e.ins[0], ins[0], indent)
+            self.push_group([e], indent)
             return
         out = e.outs[0]
         if e.op == "pop":
@@ -261,15 +293,6 @@ class _Writer:
             self.line(indent, f"{target}[{sub}] {'=' if op == 'setindex' else '+='} {ins[1]}")
             return None
         raise NotImplementedError(f"no code generation for op {op}")
-
-    def push(self, a: Atom, name: str, indent: int) -> None:
-        t = a.type
-        if t.shape:
-            self.line(indent, f"dl_ftape, dl_fp = dl_rt.push_fa(dl_ftape, dl_fp, {name})")
-        elif t == F64:
-            self.line(indent, f"dl_ftape, dl_fp = dl_rt.push_f(dl_ftape, dl_fp, {name})")
-        else:
-            self.line(indent, f"dl_itape, dl_ip = dl_rt.push_i(dl_itape, dl_ip, {name})")
 
     def pop(self, v: Var, indent: int) -> None:
         name = self.n.define(v)

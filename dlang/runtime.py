@@ -133,40 +133,12 @@ def total(a):
 
 
 @njit(**_FLAGS)
-def _grown(tape, need):
+def grown(tape, need):
     size = max(2 * tape.shape[0], need, 16)
     new = np.empty(size, tape.dtype)
     for i in range(tape.shape[0]):  # an explicit copy (slice copies failed once grown in prange)
         new[i] = tape[i]
     return new
-
-
-@njit(**_FLAGS)
-def push_f(tape, n, x):
-    if n >= tape.shape[0]:
-        tape = _grown(tape, n + 1)
-    tape[n] = x
-    return tape, n + 1
-
-
-@njit(**_FLAGS)
-def push_i(tape, n, x):
-    if n >= tape.shape[0]:
-        tape = _grown(tape, n + 1)
-    tape[n] = x
-    return tape, n + 1
-
-
-@njit(**_FLAGS)
-def push_fa(tape, n, a):
-    size = a.size
-    if n + size > tape.shape[0]:
-        tape = _grown(tape, n + size)
-    k = n
-    for v in a.flat:
-        tape[k] = v
-        k += 1
-    return tape, n + size
 
 
 # ---- elementwise ops on arrays: one small cached function each, so kernels stay quick to compile.

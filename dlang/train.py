@@ -191,6 +191,9 @@ class Trainer:
         o = self.options
         rng = np.random.default_rng(o.seed)
         x = self.x
+        start_loss = self.full_loss(x)  # the starting params are the best so far until beaten
+        if math.isfinite(start_loss):
+            self.best_loss, self.best_x = start_loss, x.copy()
         velocity = np.zeros_like(x)
         m, v = np.zeros_like(x), np.zeros_like(x)
         step = 0

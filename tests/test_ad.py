@@ -403,4 +403,4 @@ def test_generated_source_is_readable():
     assert "b_drag" in source and "b_vx" in source
     assert "def dl_forward_rows(dl_data, drag, angle, dl_losses, dl_outs):" in source
     assert "v0 = dl_data[dl_r, 0]" in source
-    assert "dl_rt.push_f" in source and "dl_ftape[dl_fp]" in source
+    assert "dl_ftape[dl_fp] = " in source and "dl_ftape[dl_fp]" in source
