@@ -51,7 +51,7 @@ def has_data(path: Path) -> bool:
 
 # ---- the oracles: one per program, (rows, params, consts) -> mean loss ------------------------
 
-def projectile(rows: list[Row], p: Params, steps: int = 400) -> float:
+def projectile(rows: list[Row], p: Params, steps: int = 400, interpolate: bool = False) -> float:
     dt, drag, angle = 0.01, p["drag"], p["angle"]
     losses = []
     for row in rows:
@@ -66,12 +66,17 @@ def projectile(rows: list[Row], p: Params, steps: int = 400) -> float:
                 vy -= dt * (9.81 + drag * s * vy)
                 x += dt * vx
                 y += dt * vy
-        losses.append((x - dist) ** 2)
+        landing = x - y * vx / vy if interpolate else x
+        losses.append((landing - dist) ** 2)
     return float(np.mean(losses))
 
 
+def projectile_landing(rows: list[Row], p: Params) -> float:
+    return projectile(rows, p, interpolate=True)
+
+
 def bouncing_ball(rows: list[Row], p: Params) -> float:
-    g, e = 9.81, p["e"]
+    g, e = p["g"], p["e"]
     losses = []
     for row in rows:
         t = math.sqrt(2.0 * row["h0"] / g)
@@ -194,6 +199,14 @@ def builtins_tour(rows: list[Row], p: Params) -> float:
     return float(np.mean(losses))
 
 
+def scaling(rows: list[Row], p: Params) -> float:
+    losses = []
+    for row in rows:
+        reading = p["scale"] * row["raw"] + p["offset"]
+        losses.append((reading - row["reference"]) ** 2)
+    return float(np.mean(losses))
+
+
 def hanging_chain(rows: list[Row], p: Params) -> float:
     assert rows == [{}]
     h = np.array(p["y"], dtype=float)
@@ -206,6 +219,7 @@ def hanging_chain(rows: list[Row], p: Params) -> float:
 
 ORACLES: dict[str, Callable[..., float]] = {
     "projectile": projectile,
+    "projectile_landing": projectile_landing,
     "bouncing_ball": bouncing_ball,
     "linear_regression": linear_regression,
     "logistic_regression": logistic_regression,
@@ -213,6 +227,7 @@ ORACLES: dict[str, Callable[..., float]] = {
     "oscillator": oscillator,
     "image_filter": image_filter,
     "builtins_tour": builtins_tour,
+    "scaling": scaling,
     "hanging_chain": hanging_chain,
 }
 

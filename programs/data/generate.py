@@ -3,17 +3,25 @@
 Every CSV is drawn from known true params plus a little noise, with a fixed seed per data
 set, so running this script reproduces the committed files byte for byte.
 
-True params (what `dlang train` should recover, up to the noise):
-  projectile:           drag = 0.05, angle = 0.75                       (dist noise sd 0.05 m)
-  bouncing_ball:        e = 0.8                                          (h_obs noise sd 0.01 m)
-  linear_regression:    w = [1.5, -2.0, 0.5, 0.0, 3.0, -1.0, 0.25, 2.0], b = 0.7   (y noise sd 0.1)
-  logistic_regression:  w_width = 4.0, w_weight = -5.0, bias = 0.5      (labels drawn from p)
+True params (what `dlang train` should recover, up to the noise), the programs' starting params
+(in the .dl files), the number of rows and the noise:
+  projectile:           drag = 0.05, angle = 0.45         start 0.1, 0.6; 200 rows; dist sd 0.05 m
+  projectile_landing:   drag = 0.05, angle = 0.45         start 0.1, 0.6; 100 rows; dist sd 0.05 m
+  bouncing_ball:        e = 0.8, g = 9.81                 start 0.7, 9.0; 100 rows; h_obs sd 0.01 m
+  linear_regression:    w = [1.5, -2.0, 0.5, 0.0, 3.0, -1.0, 0.25, 2.0], b = 0.7
+                                                          start all 0; 100 rows; y sd 0.1
+  logistic_regression:  w_width = 4.0, w_weight = -5.0, bias = 0.5
+                                                          start all 0; 1000 rows; labels drawn from p
   mlp:                  W1 = [[1.5, -1.0, 0.5], [0.5, 2.0, -1.0], [-1.0, 0.5, 1.5], [2.0, 0.0, -0.5]],
                         b1 = [0.1, -0.2, 0.0, 0.3], w2 = [1.5, -2.0, 1.0, -1.5], b2 = 0.1
-                        (label = sign of the teacher's score plus noise sd 0.1)
-  oscillator:           k = 4.0, c = 0.3                                 (x_obs noise sd 0.01 m)
+                                                          random start; 1000 rows; label +1 with
+                                                          probability sigmoid(teacher's score)
+                        (hidden units can be permuted and negated: training recovers the
+                        teacher's predictions, not its weights)
+  oscillator:           k = 4.0, c = 0.3                  start 3.0, 0.2; 30 rows; x_obs sd 0.01 m
   image_filter:         k = [[0, -0.25, 0], [-0.25, 2, -0.25], [0, -0.25, 0]] (a sharpening filter)
-                                                                         (target noise sd 0.01)
+                                                          start 1/9 each; 60 rows; target sd 0.01
+  scaling:              scale = 2.5, offset = -0.4        start 1.0, 0.0; 200 rows; reference sd 0.02 m
   builtins_tour:        a = 1.0, theta = 0.35, b = 0.2,
                         w = [0.5, -0.3, 0.2, 0.4, -0.2, 0.3, -0.5, 0.6, 0.8, -0.4, 1.0, -0.6,
                              0.3, 0.5, -0.7]                             (y noise sd 0.01)
@@ -34,8 +42,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 TRUE_PARAMS: dict[str, dict[str, object]] = {
-    "projectile": {"drag": 0.05, "angle": 0.75},
-    "bouncing_ball": {"e": 0.8},
+    "projectile": {"drag": 0.05, "angle": 0.45},
+    "projectile_landing": {"drag": 0.05, "angle": 0.45},
+    "bouncing_ball": {"e": 0.8, "g": 9.81},
     "linear_regression": {"w": [1.5, -2.0, 0.5, 0.0, 3.0, -1.0, 0.25, 2.0], "b": 0.7},
     "logistic_regression": {"w_width": 4.0, "w_weight": -5.0, "bias": 0.5},
     "mlp": {
@@ -52,6 +61,7 @@ TRUE_PARAMS: dict[str, dict[str, object]] = {
         "w": [0.5, -0.3, 0.2, 0.4, -0.2, 0.3, -0.5, 0.6, 0.8, -0.4, 1.0, -0.6, 0.3, 0.5, -0.7],
         "b": 0.2,
     },
+    "scaling": {"scale": 2.5, "offset": -0.4},
 }
 
 
@@ -73,8 +83,11 @@ def _vector_columns(name: str, k: int) -> list[str]:
 
 # ---- projectile ------------------------------------------------------------------------------
 
-def simulate_projectile(v0: float, drag: float, angle: float) -> tuple[float, float, float]:
-    """The body of projectile.dl: (x at the end, y at the end, smallest |y| at a branch test)."""
+def simulate_projectile(v0: float, drag: float, angle: float,
+                        interpolate: bool = False) -> tuple[float, float, float]:
+    """The body of projectile.dl: (x at the end, y at the end, smallest |y| at a branch test);
+    with interpolate, that of projectile_landing.dl, whose landing point goes back along the
+    last step to y = 0."""
     dt, steps = 0.01, 400
     x = y = 0.0
     vx = v0 * math.cos(angle)
@@ -89,16 +102,17 @@ def simulate_projectile(v0: float, drag: float, angle: float) -> tuple[float, fl
             vy -= dt * (9.81 + drag * s * vy)
             x += dt * vx
             y += dt * vy
-    return x, y, closest
+    return (x - y * vx / vy if interpolate else x), y, closest
 
 
-def projectile(rng: np.random.Generator) -> tuple[list[str], list[list[float]]]:
-    true = TRUE_PARAMS["projectile"]
+def projectile(rng: np.random.Generator, name: str = "projectile", n: int = 200,
+               interpolate: bool = False) -> tuple[list[str], list[list[float]]]:
+    true = TRUE_PARAMS[name]
     settings = [(true["drag"], true["angle"]), (0.1, 0.6), (_perturbed(0.1), _perturbed(0.6))]
     rows = []
-    while len(rows) < 40:
+    while len(rows) < n:
         v0 = rng.uniform(8.0, 25.0)
-        ends = [simulate_projectile(v0, d, a) for d, a in settings]
+        ends = [simulate_projectile(v0, d, a, interpolate) for d, a in settings]
         if any(y >= 0.0 or closest < 0.01 for _, y, closest in ends):
             continue  # not landed within the 400 steps, or a branch test too close to y = 0
         dist = ends[0][0] + rng.normal(0.0, 0.05)
@@ -108,9 +122,8 @@ def projectile(rng: np.random.Generator) -> tuple[list[str], list[list[float]]]:
 
 # ---- bouncing ball ---------------------------------------------------------------------------
 
-def bounce_times(h0: float, e: float, t_end: float) -> list[float]:
+def bounce_times(h0: float, e: float, g: float, t_end: float) -> list[float]:
     """Impact times of bouncing_ball.dl up to t_end (at most 51)."""
-    g = 9.81
     t = math.sqrt(2.0 * h0 / g)
     v = g * t
     times = [t]
@@ -121,9 +134,8 @@ def bounce_times(h0: float, e: float, t_end: float) -> list[float]:
     return times
 
 
-def simulate_ball(h0: float, t_obs: float, e: float) -> float:
+def simulate_ball(h0: float, t_obs: float, e: float, g: float) -> float:
     """The body of bouncing_ball.dl: the height at t_obs."""
-    g = 9.81
     t = math.sqrt(2.0 * h0 / g)
     v = g * t
     n = 0
@@ -137,16 +149,19 @@ def simulate_ball(h0: float, t_obs: float, e: float) -> float:
 
 
 def bouncing_ball(rng: np.random.Generator) -> tuple[list[str], list[list[float]]]:
-    e_true = TRUE_PARAMS["bouncing_ball"]["e"]
+    true = TRUE_PARAMS["bouncing_ball"]
+    settings = [(true["e"], true["g"]), (0.7, 9.0), (_perturbed(0.7), _perturbed(9.0))]
     rows = []
-    while len(rows) < 40:
+    while len(rows) < 100:
         h0 = rng.uniform(1.0, 3.0)
-        t1 = math.sqrt(2.0 * h0 / 9.81)
+        t1 = math.sqrt(2.0 * h0 / true["g"])
         t_obs = t1 * rng.uniform(1.1, 5.0)
-        impacts = [t for e in (e_true, 0.7, _perturbed(0.7)) for t in bounce_times(h0, e, t_obs + 1.0)]
+        impacts = [t for e, g in settings for t in bounce_times(h0, e, g, t_obs + 1.0)]
         if min(abs(t_obs - t) for t in impacts) < 0.02:
             continue  # seen too close to an impact: the bounce count would be fragile
-        h_obs = simulate_ball(h0, t_obs, e_true) + rng.normal(0.0, 0.01)
+        if any(t_obs < math.sqrt(2.0 * h0 / g) for _, g in settings):
+            continue  # seen before the first impact, which the program does not model
+        h_obs = simulate_ball(h0, t_obs, true["e"], true["g"]) + rng.normal(0.0, 0.01)
         rows.append([h0, t_obs, h_obs])
     return ["h0", "t_obs", "h_obs"], rows
 
@@ -165,7 +180,7 @@ def linear_regression(rng: np.random.Generator) -> tuple[list[str], list[list[fl
 def logistic_regression(rng: np.random.Generator) -> tuple[list[str], list[list[float]]]:
     true = TRUE_PARAMS["logistic_regression"]
     rows = []
-    for _ in range(120):
+    for _ in range(1000):
         width = rng.normal(5.0, 0.5)
         weight = rng.normal(2.0, 0.3)
         z = true["w_width"] * (width - 5.0) + true["w_weight"] * (weight - 2.0) + true["bias"]
@@ -182,10 +197,11 @@ def mlp(rng: np.random.Generator) -> tuple[list[str], list[list[float]]]:
     W1, b1 = np.array(true["W1"]), np.array(true["b1"])
     w2, b2 = np.array(true["w2"]), true["b2"]
     rows = []
-    for _ in range(150):
+    for _ in range(1000):
         x = rng.uniform(-1.0, 1.0, size=3)
         score = float(w2 @ np.tanh(W1 @ x + b1)) + b2
-        label = 1.0 if score + rng.normal(0.0, 0.1) > 0.0 else -1.0
+        # P(label = +1) = sigmoid(score): the model whose negative log-likelihood mlp.dl minimises
+        label = 1.0 if rng.random() < 1.0 / (1.0 + math.exp(-score)) else -1.0
         rows.append(list(x) + [label])
     return _vector_columns("x", 3) + ["label"], rows
 
@@ -289,10 +305,23 @@ def builtins_tour(rng: np.random.Generator) -> tuple[list[str], list[list[float]
     return ["x", "y"], rows
 
 
+# ---- scaling --------------------------------------------------------------------------------
+
+def scaling(rng: np.random.Generator) -> tuple[list[str], list[list[float]]]:
+    true = TRUE_PARAMS["scaling"]
+    rows = []
+    for _ in range(200):
+        raw = rng.uniform(0.5, 3.0)
+        reference = true["scale"] * raw + true["offset"] + rng.normal(0.0, 0.02)
+        rows.append([raw, reference])
+    return ["raw", "reference"], rows
+
+
 # ---- all of them -----------------------------------------------------------------------------
 
 GENERATORS = {
     "projectile": (1, projectile),
+    "projectile_landing": (1, lambda rng: projectile(rng, "projectile_landing", 100, interpolate=True)),
     "bouncing_ball": (2, bouncing_ball),
     "linear_regression": (3, linear_regression),
     "logistic_regression": (4, logistic_regression),
@@ -300,6 +329,7 @@ GENERATORS = {
     "oscillator": (6, oscillator),
     "image_filter": (7, image_filter),
     "builtins_tour": (8, builtins_tour),
+    "scaling": (9, scaling),
 }
 
 
