@@ -131,6 +131,9 @@ def train(
                                                                        "to this CSV file.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per epoch, then one with the "
                                                           "fitted params.")] = False,
+    tol: Annotated[float, typer.Option(help="Stop once the best loss improves by less than this (relative) "
+                                            "over --patience epochs; 0 never stops early.")] = 1e-10,
+    patience: Annotated[int, typer.Option(help="Epochs over which --tol is judged (adam and sgd).")] = 20,
     const: ConstOpt = None,
 ) -> None:
     """Fit the params of PROGRAM to its data, with live progress; write the best params found."""
@@ -139,7 +142,7 @@ def train(
     from . import commands, render
     from .train import TrainOptions
 
-    options = TrainOptions(optimizer.value, epochs, lr, batch_size, seed)
+    options = TrainOptions(optimizer.value, epochs, lr, batch_size, seed, tol, patience)
     interrupted = {"count": 0}
 
     def on_sigint(signum, frame):  # stop between batches: a compiled kernel cannot be interrupted

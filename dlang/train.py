@@ -39,6 +39,10 @@ class TrainOptions:
         epochs = DEFAULT_EPOCHS[self.optimizer] if self.epochs is None else self.epochs
         if epochs < 1:
             raise InputError(f"--epochs must be at least 1, not {epochs}")
+        if not (math.isfinite(self.tol) and self.tol >= 0):
+            raise InputError(f"--tol must be a number at least 0, not {self.tol}")
+        if self.patience < 1:
+            raise InputError(f"--patience must be at least 1, not {self.patience}")
         if self.optimizer == "lbfgs":
             if self.batch_size is not None:
                 raise InputError("--batch-size works with --optimizer adam or sgd; lbfgs uses every row each step")
@@ -181,7 +185,7 @@ class Trainer:
         o = self.options
         if grad_norm <= o.gtol * max(1.0, abs(loss)):
             return f"converged: the gradient norm {grad_norm:.3g} fell below the tolerance"
-        if len(self.history) > o.patience:
+        if o.tol > 0 and len(self.history) > o.patience:
             before = self.history[-o.patience - 1].best_loss
             if before - self.best_loss <= o.tol * max(1.0, abs(before)):
                 return f"converged: the loss stopped improving (by less than {o.tol:g} over {o.patience} epochs)"
@@ -256,14 +260,13 @@ class Trainer:
                 slope = float(g @ d)
             step = 1.0 if memory else min(1.0, 1.0 / max(float(np.linalg.norm(g)), 1e-300))
             evaluations = 0
-            for _ in range(60):
+            for _ in range(60):  # the line search needs only losses: the forward kernel is cheaper
                 if should_stop():
                     return "interrupted", "interrupted"
                 trial = x + step * d
                 evaluations += 1
-                try:
-                    f_new, g_new = self.loss_and_grad(trial)
-                except _NonFinite:
+                f_new = self.full_loss(trial)
+                if not math.isfinite(f_new):
                     step *= 0.25
                     continue
                 if f_new <= f + 1e-4 * step * slope:
@@ -274,6 +277,7 @@ class Trainer:
                 step = min(max(guess, 0.1 * step), 0.5 * step)
             else:
                 return "stopped: no step along the search direction lowers the loss any further", "done"
+            f_new, g_new = self.loss_and_grad(trial)
             s_vec, y_vec = trial - x, g_new - g
             sy = float(s_vec @ y_vec)
             if sy > 1e-12 * float(np.linalg.norm(s_vec) * np.linalg.norm(y_vec)):
@@ -284,8 +288,8 @@ class Trainer:
             self.x = x
             self.note(epoch, x, f, float(np.linalg.norm(g)), evaluations * self.rows,
                       time.perf_counter() - start, on_epoch)
-            stalled = stalled + 1 if improvement <= 1e-14 * max(1.0, abs(f)) else 0
-            if stalled >= 3:
+            stalled = stalled + 1 if improvement <= o.tol * max(1.0, abs(f)) else 0
+            if o.tol > 0 and stalled >= 3:
                 return "converged: the loss stopped improving", "done"
         return f"finished {o.epochs} epochs", "done"
 

@@ -64,6 +64,15 @@ def test_first_order_optimizers_fit_linear_regression(run_cli, linreg, tmp_path,
     assert abs(p["b"] - TRUE_B) < 1e-2, p
 
 
+def test_tol_zero_runs_every_epoch(run_cli, linreg, tmp_path):
+    prog, csv = linreg
+    r = run_cli("train", prog, "--data", csv, "--optimizer", "adam", "--epochs", "30", "--patience", "2",
+                "--tol", "0", "--json", "--out", tmp_path / "t.json")
+    assert r.code == 0, r.err
+    final = json.loads(r.out.strip().splitlines()[-1])
+    assert final["epochs"] == 30 and final["stopped"] == "finished 30 epochs"
+
+
 def test_same_seed_gives_identical_params_files(run_cli, linreg, tmp_path):
     prog, csv = linreg
     files = []
@@ -114,6 +123,8 @@ def test_init_starts_from_a_params_file(run_cli, linreg, tmp_path):
     (["--batch-size", "8"], ["--batch-size", "lbfgs"]),
     (["--optimizer", "adam", "--batch-size", "0"], ["--batch-size", "at least 1"]),
     (["--out", "/nonexistent-dir/p.json"], ["--out", "does not exist"]),
+    (["--tol", "-1"], ["--tol", "at least 0"]),
+    (["--optimizer", "adam", "--patience", "0"], ["--patience", "at least 1"]),
 ])
 def test_bad_options_are_user_errors(run_cli, linreg, args, words):
     prog, csv = linreg
