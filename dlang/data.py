@@ -8,15 +8,32 @@ import os
 
 import numpy as np
 
-from .errors import Diagnostic, InputError
+from .errors import Diagnostic, InputError, Span
 from .ir import Program
 
 
-def _error(path: str, message: str) -> InputError:
-    return InputError(Diagnostic(message, None, path))
+def _error(path: str, message: str, span: Span | None = None, text: str | None = None) -> InputError:
+    return InputError(Diagnostic(message, span, path), text)
 
 
-def columns_for(program: Program, header: list[str], path: str) -> list[int]:
+def _cell_span(text: str, line: int, cell: int) -> Span:
+    """Where cell number `cell` of a CSV line is (quotes respected), for a caret under it."""
+    raw = text.split("\n", line)[line - 1] if line >= 1 else ""
+    raw = raw.rstrip("\r")
+    starts, quoted = [0], False
+    for k, ch in enumerate(raw):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            starts.append(k + 1)
+    if cell >= len(starts):
+        return Span(line, len(raw) + 1, line, len(raw) + 2)
+    start = starts[cell]
+    end = starts[cell + 1] - 1 if cell + 1 < len(starts) else len(raw)
+    return Span(line, start + 1, line, max(end, start + 1) + 1)
+
+
+def columns_for(program: Program, header: list[str], path: str, text: str | None = None) -> list[int]:
     """The index in `header` of every column the program reads, in data-matrix order."""
     where = {name: k for k, name in enumerate(header)}
     out = []
@@ -28,18 +45,27 @@ def columns_for(program: Program, header: list[str], path: str) -> list[int]:
                 best = max(schemes, key=lambda s: sum(c in where for c in s))
                 missing = next(c for c in best if c not in where)
                 raise _error(path, f"no column '{missing}': data {d.name}[{d.type.shape[0]}] reads columns "
-                                   f"{d.name}_0 ... {d.name}_{d.type.shape[0] - 1} (or {d.name}0 ...)")
+                                   f"{d.name}_0 ... {d.name}_{d.type.shape[0] - 1} (or {d.name}0 ...)",
+                             _header_span(text), text)
         else:
             names = [d.name]
             if d.name not in where:
                 close = difflib.get_close_matches(d.name, header, 1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise _error(path, f"no column '{d.name}' (data {d.name} of the program reads it){hint}")
+                raise _error(path, f"no column '{d.name}' (data {d.name} of the program reads it){hint}",
+                             _header_span(text), text)
         for c in names:
             if header.count(c) > 1:
                 raise _error(path, f"the header names column '{c}' more than once")
         out += [where[c] for c in names]
     return out
+
+
+def _header_span(text: str | None) -> Span | None:
+    if not text:
+        return None
+    first = text.split("\n", 1)[0].rstrip("\r")
+    return Span(1, 1, 1, max(2, len(first) + 1))
 
 
 def read_text(path: str) -> str:
@@ -85,7 +111,7 @@ def load_data(program: Program, path: str | None) -> np.ndarray:
     if not table:
         raise _error(path, "the file is empty; expected a header row naming the columns")
     header = [h.strip() for h in table[0]]
-    cols = columns_for(program, header, path)
+    cols = columns_for(program, header, path, text)
     body, lines = table[1:], lines[1:]
     if not body:
         raise _error(path, "the file has a header but no data rows")
@@ -93,7 +119,8 @@ def load_data(program: Program, path: str | None) -> np.ndarray:
     for r, row in enumerate(body):
         if len(row) != width:
             cells = f"{len(row)} cell{'s' * (len(row) != 1)}"
-            raise _error(path, f"row {r + 1} (line {lines[r]}) has {cells}, but the header has {width}")
+            raise _error(path, f"row {r + 1} (line {lines[r]}) has {cells}, but the header has {width}",
+                         _cell_span(text, lines[r], min(len(row), width)), text)
     matrix = np.empty((len(body), len(cols)))
     for j, c in enumerate(cols):
         cells = [row[c] for row in body]
@@ -102,26 +129,27 @@ def load_data(program: Program, path: str | None) -> np.ndarray:
             if any("_" in cell for cell in cells):  # Python's float() reads 1_000; a CSV does not
                 raise ValueError
         except ValueError:
-            _raise_bad_cell(path, header[c], cells, lines)
+            _raise_bad_cell(path, header[c], c, cells, lines, text)
         bad = ~np.isfinite(matrix[:, j])
         if bad.any():
             r = int(np.argmax(bad))
             raise _error(path, f"row {r + 1} (line {lines[r]}), column '{header[c]}': {cells[r].strip()!r} is "
-                               "not a finite number")
+                               "not a finite number", _cell_span(text, lines[r], c), text)
     return matrix
 
 
-def _raise_bad_cell(path: str, column: str, cells: list[str], lines: list[int]):
+def _raise_bad_cell(path: str, column: str, c: int, cells: list[str], lines: list[int], text: str):
     for r, cell in enumerate(cells):
-        text = cell.strip()
+        value = cell.strip()
         where = f"row {r + 1} (line {lines[r]}), column '{column}'"
-        if not text:
-            raise _error(path, f"{where}: the cell is empty")
+        span = _cell_span(text, lines[r], c)
+        if not value:
+            raise _error(path, f"{where}: the cell is empty", span, text)
         try:
-            if "_" in text:
+            if "_" in value:
                 raise ValueError
-            float(text)
+            float(value)
         except ValueError:
-            shown = text if len(text) <= 40 else text[:37] + "..."
-            raise _error(path, f"{where}: {shown!r} is not a number") from None
+            shown = value if len(value) <= 40 else value[:37] + "..."
+            raise _error(path, f"{where}: {shown!r} is not a number", span, text) from None
     raise _error(path, f"column '{column}' has a cell that is not a number")

@@ -47,8 +47,13 @@ def load_params(program: Program, path: str | None, seed: int = 0) -> dict:
             close = difflib.get_close_matches(name, list(shapes), 1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             known = ", ".join(shapes) or "none"
-            raise _error(path, f"the program has no param '{name}'{hint} (its params: {known})")
-        params[name] = _convert(path, name, value, shapes[name])
+            raise _error(path, f"the program has no param '{name}'{hint} (its params: {known})",
+                         _key_span(text, name), text)
+        try:
+            params[name] = _convert(path, name, value, shapes[name])
+        except InputError as err:  # point at the param's entry in the file
+            d = err.diagnostics[0]
+            raise _error(path, d.message, _key_span(text, name), text) from None
     return params
 
 
@@ -71,6 +76,18 @@ def _first_non_number(value) -> tuple[bool, object]:
         elif isinstance(x, bool) or not isinstance(x, (int, float)):
             return True, x
     return False, None
+
+
+def _key_span(text: str, name: str) -> Span | None:
+    """Where `"name":` stands in the JSON text (the first time), for a caret under it."""
+    import re
+
+    m = re.search(re.escape(json.dumps(name)) + r"\s*:", text)
+    if not m:
+        return None
+    line = text.count("\n", 0, m.start()) + 1
+    col = m.start() - (text.rfind("\n", 0, m.start()) + 1) + 1
+    return Span(line, col, line, col + len(json.dumps(name)))
 
 
 def _unique_keys(pairs):

@@ -556,3 +556,29 @@ def test_grad_of_a_program_without_loss_is_an_error(run_cli, write_program):
     r = run_cli("grad", path)
     assert r.code == 1 and r.out == ""
     assert "no loss statement" in r.err and str(path) in r.err
+
+
+def test_csv_cell_errors_point_at_the_cell_with_a_caret(run_cli, tmp_path):
+    prog = tmp_path / "lin.dl"
+    prog.write_text(LIN)
+    csv = tmp_path / "bad.csv"
+    csv.write_text('x,y\n1.0,2.0\n"3.5",abc\n')
+    r = run_cli("grad", prog, "--data", csv)
+    assert r.code == 1
+    assert f"{csv}:3:7: error: row 2 (line 3), column 'y': 'abc' is not a number" in r.err
+    assert '   3 | "3.5",abc\n     |       ^^^' in r.err
+
+
+def test_params_errors_point_at_the_param_in_the_file(run_cli, tmp_path):
+    prog = tmp_path / "lin.dl"
+    prog.write_text(LIN)
+    csv = tmp_path / "d.csv"
+    csv.write_text("x,y\n1.0,2.0\n")
+    bad = tmp_path / "p.json"
+    bad.write_text('{\n  "a": 1.0,\n  "bb": 2.0\n}\n')
+    r = run_cli("grad", prog, "--data", csv, "--params", bad)
+    assert r.code == 1
+    assert f"{bad}:3:3: error: the program has no param 'bb'" in r.err and '^^^^' in r.err
+    bad.write_text('{"a": [1.0, 2.0]}')
+    r = run_cli("grad", prog, "--data", csv, "--params", bad)
+    assert r.code == 1 and f"{bad}:1:2: error: param 'a' should be a number" in r.err
