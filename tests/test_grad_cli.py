@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import numpy as np
+
 from conftest import PROGRAMS
 
 # ---- shared programs ---------------------------------------------------------------------------
@@ -582,3 +584,18 @@ def test_params_errors_point_at_the_param_in_the_file(run_cli, tmp_path):
     bad.write_text('{"a": [1.0, 2.0]}')
     r = run_cli("grad", prog, "--data", csv, "--params", bad)
     assert r.code == 1 and f"{bad}:1:2: error: param 'a' should be a number" in r.err
+
+
+def test_fast_and_checked_csv_readers_agree_bit_for_bit():
+    from dlang.data import _decode, _read_bytes, _read_checked, _read_with_arrow
+    from dlang.frontend import load_program
+
+    for prog_path in sorted(PROGRAMS.glob("*.dl")):
+        csv = PROGRAMS / "data" / f"{prog_path.stem}.csv"
+        if not csv.exists():
+            continue
+        prog = load_program(str(prog_path))
+        raw = _read_bytes(str(csv))
+        fast = _read_with_arrow(prog, str(csv), raw)
+        assert fast is not None, f"the fast reader gave up on {csv}"
+        assert np.array_equal(fast, _read_checked(prog, str(csv), _decode(str(csv), raw)))
