@@ -179,6 +179,29 @@ def run(
     render.write_run(report, out)
 
 
+@app.command()
+def bench(
+    program: ProgramArg,
+    data: DataOpt = None,
+    params: ParamsOpt = None,
+    repeat: Annotated[int, typer.Option(help="Timed runs of each kernel (the median is reported).")] = 5,
+    threads: Annotated[Optional[int], typer.Option(help="Threads for the kernels (they run serially today: "
+                                                         "reported as 1).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+    const: ConstOpt = None,
+) -> None:
+    """Measure PROGRAM: compile time cold and from cache, forward and gradient time over all rows."""
+    import json
+
+    from . import commands, render
+
+    report = commands.bench(program, data, params, const, repeat, threads)
+    if json_out:
+        typer.echo(json.dumps(report.as_json()))
+    else:
+        render.show_bench(report)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors exit 1 with a message and never a traceback."""
     try:

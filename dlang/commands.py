@@ -144,3 +144,89 @@ def output_columns(program: Program) -> list[str]:
         else:
             names.append(name)
     return names
+
+
+@dataclass
+class BenchReport:
+    compile_cold_s: float
+    compile_cached_s: float
+    forward_ms: float
+    grad_ms: float
+    rows: int
+    threads: int
+    tape_bytes_per_row: float
+    repeat: int
+
+    @property
+    def grad_over_forward(self) -> float:
+        return self.grad_ms / self.forward_ms if self.forward_ms > 0 else float("inf")
+
+    def as_json(self) -> dict:
+        return {"compile_cold_s": self.compile_cold_s, "compile_cached_s": self.compile_cached_s,
+                "forward_ms": self.forward_ms, "grad_ms": self.grad_ms,
+                "grad_over_forward": self.grad_over_forward, "rows": self.rows, "threads": self.threads,
+                "tape_bytes_per_row": self.tape_bytes_per_row}
+
+
+_COMPILE_PROBE = """
+import sys, time
+from dlang.commands import prepare_inputs
+from dlang.kernels import compile_kernels
+program, data, params = prepare_inputs(*sys.argv[1:5])
+start = time.perf_counter()
+kernels = compile_kernels(program)
+kernels.loss(data[:1], params)
+kernels.grad(data[:1], params)
+print(time.perf_counter() - start)
+"""
+
+
+def prepare_inputs(program_path, data_path, params_path, consts_text):
+    """For the compile probe: the program, its data and params, without compiling."""
+    consts = [c for c in consts_text.split("\\n") if c] if consts_text else None
+    program = load_program(program_path, consts)
+    return program, load_data(program, data_path or None), load_params(program, params_path or None)
+
+
+def _compile_seconds(args: list[str], env: dict) -> float:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _COMPILE_PROBE, *args], env=env, capture_output=True,
+                          text=True, timeout=1800)
+    if done.returncode != 0:
+        raise RuntimeError(f"the compile probe failed: {done.stderr.strip()[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def bench(program_path: str, data_path: str | None, params_path: str | None, consts: list[str] | None,
+          repeat: int = 5, threads: int | None = None) -> BenchReport:
+    """Compile time (cold and cached, each in a fresh process) and the median time of the forward
+    and the loss+gradient kernels over all rows, after a warm-up."""
+    import statistics
+    import tempfile
+    import time
+
+    if repeat < 1:
+        raise InputError(f"--repeat must be at least 1, not {repeat}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1, not {threads}")
+    p = prepare(program_path, data_path, params_path, consts)
+    with tempfile.TemporaryDirectory(prefix="dlang-bench-") as fresh:
+        env = dict(os.environ, DLANG_CACHE_DIR=os.path.join(fresh, "kernels"),
+                   NUMBA_CACHE_DIR=os.path.join(fresh, "numba"))
+        args = [program_path, data_path or "", params_path or "", "\n".join(consts or [])]
+        cold = _compile_seconds(args, env)
+        cached = _compile_seconds(args, env)
+    p.kernels.loss(p.data, p.params)  # warm-up
+    p.kernels.grad(p.data, p.params)
+    forward, grad = [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        p.kernels.loss(p.data, p.params)
+        forward.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        p.kernels.grad(p.data, p.params)
+        grad.append(time.perf_counter() - start)
+    return BenchReport(cold, cached, 1e3 * statistics.median(forward), 1e3 * statistics.median(grad),
+                       p.data.shape[0], 1, p.kernels.tape_bytes_per_row, repeat)

@@ -50,6 +50,7 @@ class Kernels:
     path: Path
     module: object
     _tapes: tuple | None = None
+    tape_bytes_per_row: float = 0.0  # of the last grad call: 8 bytes per value taped, mean over rows
 
     def _param_args(self, params: dict) -> list:
         args = []
@@ -75,7 +76,8 @@ class Kernels:
             self._tapes = (np.empty(4096), np.empty(1024, np.int64))
         with self._faults(data, params):
             loss, *grads_and_tapes = self.module.dl_grad_rows(data, *self._param_args(params), *self._tapes)
-        grads = grads_and_tapes[:-2]
+        grads = grads_and_tapes[:-3]
+        self.tape_bytes_per_row = 8.0 * grads_and_tapes[-3] / max(1, data.shape[0])
         self._tapes = tuple(grads_and_tapes[-2:])  # grown tapes are kept for the next call
         return float(loss), {p.name: (g if p.type.shape else float(g)) for p, g in zip(self.program.params, grads)}
 

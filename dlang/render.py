@@ -299,3 +299,26 @@ def write_run(report, out: str | None) -> None:
         sys.stdout.write(text)
     sys.stderr.write(f"mean loss {report.mean_loss:.10g} over {report.table.shape[0]} "
                      f"row{'s' * (report.table.shape[0] != 1)}\n")
+
+
+# ---- dlang bench --------------------------------------------------------------------------------
+
+def show_bench(report) -> None:
+    from rich.table import Table
+
+    table = Table(title=None)
+    table.add_column("measure", style="cyan")
+    table.add_column("value", justify="right", style="bold")
+    rows_per_s = report.rows / (report.grad_ms / 1e3) if report.grad_ms > 0 else float("inf")
+    for name, value in [
+        ("compile, cold cache", f"{report.compile_cold_s:.2f} s"),
+        ("compile, from cache", f"{report.compile_cached_s:.2f} s"),
+        (f"forward, {report.rows} rows (median of {report.repeat})", f"{report.forward_ms:.3f} ms"),
+        (f"loss + gradient, {report.rows} rows", f"{report.grad_ms:.3f} ms"),
+        ("gradient / forward", f"{report.grad_over_forward:.2f}x"),
+        ("rows per second (gradient)", f"{rows_per_s:,.0f}"),
+        ("threads", str(report.threads)),
+        ("tape per row", f"{report.tape_bytes_per_row:,.0f} bytes"),
+    ]:
+        table.add_row(name, value)
+    _console().print(table)
