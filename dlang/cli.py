@@ -185,8 +185,8 @@ def bench(
     data: DataOpt = None,
     params: ParamsOpt = None,
     repeat: Annotated[int, typer.Option(help="Timed runs of each kernel (the median is reported).")] = 5,
-    threads: Annotated[Optional[int], typer.Option(help="Threads for the kernels (they run serially today: "
-                                                         "reported as 1).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Threads for the kernels (default: every core). "
+                                                         "Kernels run in parallel over rows from 2048 rows on.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
     const: ConstOpt = None,
 ) -> None:

@@ -348,39 +348,68 @@ def output_width(program: Program) -> int:
 
 
 def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
-              reverse_from: int | None) -> list[str]:
+              reverse_from: int | None, parallel: bool = False) -> list[str]:
     """A kernel over all rows, the body written out inside the row loop (one function per
     kernel: a call from one njit function to another recompiles the callee into the caller).
 
-    Forward: dl_forward_rows(data, params..., losses, outs) fills each row's loss and outputs.
+    Forward: dl_forward_rows(data, params..., losses, outs) fills each row's loss and outputs;
+    with parallel, the rows are shared among threads (prange), each row writing only its own.
     Adjoint: dl_grad_rows(data, params..., ftape, itape) returns the mean loss, the mean
-    gradient of each param, and the (possibly grown) tapes, reused from row to row."""
+    gradient of each param, the tape words used, and the (possibly grown) tapes, reused from
+    row to row. With parallel, dl_grad_chunks(data, params..., nchunks, chunk buffers...) splits
+    the rows into a fixed number of chunks, each with its own tapes and sums, run by prange;
+    the caller adds the chunk sums in order, so the result does not depend on the threads."""
     namer = Namer()
     w = _Writer(namer, max_iterations, reverse_from)
     data_vars = program.body.params[:len(program.data)]
     param_vars = program.body.params[len(program.data):]
     params = [namer.define(v) for v in param_vars]
-    extra = ["dl_ftape", "dl_itape"] if adjoint else ["dl_losses", "dl_outs"]
-    lines = [_JIT, f"def {name}({', '.join(['dl_data'] + params + extra)}):"]
     grads = [namer.unique("dl_g") for _ in param_vars]
+    chunks = adjoint and parallel
+    if chunks:
+        extra = ["dl_nchunks", "dl_closs", "dl_cwords"] + [f"dl_c{g}" for g in grads]
+    else:
+        extra = ["dl_ftape", "dl_itape"] if adjoint else ["dl_losses", "dl_outs"]
+    jit = _JIT.replace(")", ", parallel=True)") if parallel else _JIT
+    lines = [jit, f"def {name}({', '.join(['dl_data'] + params + extra)}):"]
+    depth = 1
+    if chunks:
+        w.line(1, "dl_n = dl_data.shape[0]")
+        w.line(1, "for dl_c in dl_prange(dl_nchunks):")
+        w.line(2, "dl_ftape = dl_np.empty(4096)")
+        w.line(2, "dl_itape = dl_np.empty(1024, dl_np.int64)")
+        depth = 2
     if adjoint:
-        w.line(1, "dl_loss = 0.0")
-        w.line(1, "dl_tape_words = 0")
+        w.line(depth, "dl_loss = 0.0")
+        w.line(depth, "dl_tape_words = 0")
         for g, v in zip(grads, param_vars):
-            w.line(1, f"{g} = " + (f"dl_np.zeros({v.type.shape})" if v.type.shape else "0.0"))
-    w.line(1, "for dl_r in range(dl_data.shape[0]):")
+            w.line(depth, f"{g} = " + (f"dl_np.zeros({v.type.shape})" if v.type.shape else "0.0"))
+    if chunks:
+        w.line(depth, "for dl_r in range(dl_c * dl_n // dl_nchunks, (dl_c + 1) * dl_n // dl_nchunks):")
+    elif parallel:
+        w.line(depth, "for dl_r in dl_prange(dl_data.shape[0]):")
+    else:
+        w.line(depth, "for dl_r in range(dl_data.shape[0]):")
+    body = depth + 1
     for (col, width), v in zip(_data_layout(program), data_vars):
         cell = f"dl_data[dl_r, {col}:{col + width}]" if v.type.shape else f"dl_data[dl_r, {col}]"
-        w.line(2, f"{namer.define(v)} = {cell}")
+        w.line(body, f"{namer.define(v)} = {cell}")
     if adjoint:
-        w.line(2, "dl_fp = 0")
-        w.line(2, "dl_ip = 0")
-    w.block(program.body, 2, top=True)
+        w.line(body, "dl_fp = 0")
+        w.line(body, "dl_ip = 0")
+    w.block(program.body, body, top=True)
     results = [w.atom(r) for r in program.body.results]
     if adjoint:
-        w.line(2, f"dl_loss += {results[0]}")
+        w.line(body, f"dl_loss += {results[0]}")
         for g, r in zip(grads, results[1 + len(program.outputs):]):
-            w.line(2, f"{g} += {r}")
+            w.line(body, f"{g} += {r}")
+    if chunks:
+        w.line(2, "dl_closs[dl_c] = dl_loss")
+        w.line(2, "dl_cwords[dl_c] = dl_tape_words")
+        for g in grads:
+            w.line(2, f"dl_c{g}[dl_c] = {g}")
+        w.line(1, "return 0")
+    elif adjoint:
         w.line(1, "dl_n = dl_data.shape[0]")
         w.line(1, f"return (dl_loss / dl_n, {''.join(g + ' / dl_n, ' for g in grads)}dl_tape_words, "
                   "dl_ftape, dl_itape)")
@@ -406,7 +435,7 @@ def generate(program: Program, adjoint: Program, max_iterations: int = DEFAULT_M
         "# Do not edit: the file's name is a hash of its content.",
         "import math as dl_math",
         "import numpy as dl_np",
-        "from numba import njit as dl_njit",
+        "from numba import njit as dl_njit, prange as dl_prange",
         "from dlang import runtime as dl_rt",
         "",
         "",
@@ -415,4 +444,8 @@ def generate(program: Program, adjoint: Program, max_iterations: int = DEFAULT_M
     out += _row_loop("dl_forward_rows", program, max_iterations, False, None)
     out += ["", "", "# ---- adjoint: the mean loss and d loss / d param over the rows ----"]
     out += _row_loop("dl_grad_rows", adjoint, max_iterations, True, len(program.body.eqns))
+    out += ["", "", "# ---- the same two, parallel over rows (for many rows; compiled only when used) ----"]
+    out += _row_loop("dl_forward_rows_par", program, max_iterations, False, None, parallel=True)
+    out += [""]
+    out += _row_loop("dl_grad_chunks", adjoint, max_iterations, True, len(program.body.eqns), parallel=True)
     return "\n".join(out) + "\n"

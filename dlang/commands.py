@@ -175,8 +175,8 @@ from dlang.kernels import compile_kernels
 program, data, params = prepare_inputs(*sys.argv[1:5])
 start = time.perf_counter()
 kernels = compile_kernels(program)
-kernels.loss(data[:1], params)
-kernels.grad(data[:1], params)
+kernels.loss(data, params)  # the kernels a first run on this data uses (serial or parallel)
+kernels.grad(data, params)
 print(time.perf_counter() - start)
 """
 
@@ -201,8 +201,9 @@ def _compile_seconds(args: list[str], env: dict) -> float:
 
 def bench(program_path: str, data_path: str | None, params_path: str | None, consts: list[str] | None,
           repeat: int = 5, threads: int | None = None) -> BenchReport:
-    """Compile time (cold and cached, each in a fresh process) and the median time of the forward
-    and the loss+gradient kernels over all rows, after a warm-up."""
+    """Compile time (cold and cached, each in a fresh process: compiling, or loading from the
+    cache, the kernels this data needs and running each once) and the median time of the
+    forward and the loss+gradient kernels over all rows, after a warm-up."""
     import statistics
     import tempfile
     import time
@@ -211,7 +212,16 @@ def bench(program_path: str, data_path: str | None, params_path: str | None, con
         raise InputError(f"--repeat must be at least 1, not {repeat}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be at least 1, not {threads}")
+    import numba
+
+    from .kernels import PARALLEL_MIN_ROWS
+
+    if threads is not None:
+        if threads > numba.config.NUMBA_NUM_THREADS:
+            raise InputError(f"--threads {threads}: this machine runs at most {numba.config.NUMBA_NUM_THREADS}")
+        numba.set_num_threads(threads)
     p = prepare(program_path, data_path, params_path, consts)
+    used = numba.get_num_threads() if p.data.shape[0] >= PARALLEL_MIN_ROWS else 1
     with tempfile.TemporaryDirectory(prefix="dlang-bench-") as fresh:
         env = dict(os.environ, DLANG_CACHE_DIR=os.path.join(fresh, "kernels"),
                    NUMBA_CACHE_DIR=os.path.join(fresh, "numba"))
@@ -229,4 +239,4 @@ def bench(program_path: str, data_path: str | None, params_path: str | None, con
         p.kernels.grad(p.data, p.params)
         grad.append(time.perf_counter() - start)
     return BenchReport(cold, cached, 1e3 * statistics.median(forward), 1e3 * statistics.median(grad),
-                       p.data.shape[0], 1, p.kernels.tape_bytes_per_row, repeat)
+                       p.data.shape[0], used, p.kernels.tape_bytes_per_row, repeat)

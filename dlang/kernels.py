@@ -19,6 +19,8 @@ from .ir import Program
 from .reverse import reverse_ad
 
 CACHE_ENV = "DLANG_CACHE_DIR"
+PARALLEL_MIN_ROWS = 2048  # from here on, kernels run in parallel over rows (NUMBA_FACTS: below a few
+CHUNKS = 64               # thousand light rows a serial loop is as fast); a fixed number of chunks
 
 
 def cache_dir() -> Path:
@@ -64,14 +66,17 @@ class Kernels:
         n = data.shape[0]
         losses = np.empty(n)
         outs = np.empty((n, output_width(self.program)))
+        kernel = self.module.dl_forward_rows_par if n >= PARALLEL_MIN_ROWS else self.module.dl_forward_rows
         with self._faults(data, params):
-            return self.module.dl_forward_rows(data, *self._param_args(params), losses, outs)
+            return kernel(data, *self._param_args(params), losses, outs)
 
     def loss(self, data: np.ndarray, params: dict) -> float:
         return float(np.mean(self.forward_rows(data, params)[0]))
 
     def grad(self, data: np.ndarray, params: dict) -> tuple[float, dict]:
         """The mean loss over rows and its gradient with respect to every param."""
+        if data.shape[0] >= PARALLEL_MIN_ROWS:
+            return self._grad_chunks(data, params)
         if self._tapes is None:
             self._tapes = (np.empty(4096), np.empty(1024, np.int64))
         with self._faults(data, params):
@@ -80,6 +85,27 @@ class Kernels:
         self.tape_bytes_per_row = 8.0 * grads_and_tapes[-3] / max(1, data.shape[0])
         self._tapes = tuple(grads_and_tapes[-2:])  # grown tapes are kept for the next call
         return float(loss), {p.name: (g if p.type.shape else float(g)) for p, g in zip(self.program.params, grads)}
+
+    def _grad_chunks(self, data: np.ndarray, params: dict) -> tuple[float, dict]:
+        """Parallel over a fixed number of chunks of rows, summed in chunk order: the same
+        result, bit for bit, whatever the number of threads."""
+        k = CHUNKS
+        closs, cwords = np.zeros(k), np.zeros(k, np.int64)
+        cgrads = [np.zeros((k, *p.type.shape)) for p in self.program.params]
+        with self._faults(data, params):
+            self.module.dl_grad_chunks(data, *self._param_args(params), k, closs, cwords, *cgrads)
+        n = data.shape[0]
+        self.tape_bytes_per_row = 8.0 * float(cwords.sum()) / n
+        grads = {}
+        for p, c in zip(self.program.params, cgrads):
+            total = c[0].copy()
+            for j in range(1, k):
+                total += c[j]
+            grads[p.name] = total / n if p.type.shape else float(total) / n
+        loss = 0.0
+        for j in range(k):
+            loss += closs[j]
+        return loss / n, grads
 
     def _faults(self, data, params):
         return _FaultReport(self, data, params)
@@ -118,7 +144,7 @@ class _FaultReport:
         k = self.kernels
         args = k._param_args(self.params)
         for r in range(self.data.shape[0]):
-            try:
+            try:  # the serial kernel: a parallel one may fault in another row first
                 k.module.dl_forward_rows(self.data[r:r + 1], *args, np.empty(1),
                                          np.empty((1, output_width(k.program))))
             except (IndexError, RuntimeError):

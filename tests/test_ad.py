@@ -404,3 +404,36 @@ def test_generated_source_is_readable():
     assert "def dl_forward_rows(dl_data, drag, angle, dl_losses, dl_outs):" in source
     assert "v0 = dl_data[dl_r, 0]" in source
     assert "dl_ftape[dl_fp] = " in source and "dl_ftape[dl_fp]" in source
+
+
+def test_parallel_kernels_are_bitwise_identical_whatever_the_thread_count(tmp_path):
+    import numba
+
+    from dlang.kernels import PARALLEL_MIN_ROWS
+
+    prog = compile_source("data x, y\nparam a = 0.3\nparam w[2] = 0.5\n"
+                          "loss (a * x + w[0] * sin(x) - y)^2 + 0.01 * dot(w, w)\n", "par.dl")
+    rng = np.random.default_rng(1)
+    rows = PARALLEL_MIN_ROWS + 1001
+    data = np.column_stack([rng.normal(size=rows), rng.normal(size=rows)])
+    kernels = compile_kernels(prog)
+    params = initial_params(prog)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            results.append((kernels.grad(data, params), kernels.forward_rows(data, params)[0]))
+    finally:
+        numba.set_num_threads(before)
+    (g1, f1), (g2, f2) = results
+    assert g1[0] == g2[0] and all(np.array_equal(g1[1][k], g2[1][k]) for k in g1[1])
+    assert np.array_equal(f1, f2)
+    # and the parallel kernels agree with the serial ones (which differ only in summation order)
+    serial = kernels.grad(data[:PARALLEL_MIN_ROWS - 1], params)
+    parallel = kernels.grad(np.concatenate([data[:PARALLEL_MIN_ROWS - 1]] * 2), params)
+    assert parallel[0] == pytest.approx(serial[0], rel=1e-12)
+    for k in serial[1]:
+        np.testing.assert_allclose(parallel[1][k], serial[1][k], rtol=1e-11)
+    assert kernels.loss(data, params) == pytest.approx(program_loss(prog, [{"x": x, "y": y} for x, y in data], params),
+                                                       rel=1e-12)
