@@ -121,6 +121,7 @@ class _Writer:
         self.last_comment_loc = None
         self.comments = comments
         self.in_reverse = False
+        self.reserved = False  # inside a loop whose tape space was reserved before it started
 
     def atom(self, a: Atom) -> str:
         return self.n[a] if isinstance(a, Var) else literal(a.value, a.type)
@@ -154,10 +155,9 @@ class _Writer:
         per push that hands the tape array back costs reference counting on every value)."""
         if not pushes:
             return
-        floats = sum(_size(e.ins[0].type) if e.ins[0].type.shape else 1 for e in pushes if e.ins[0].type.kind == "f64")
-        ints = sum(1 for e in pushes if e.ins[0].type.kind != "f64")
+        floats, ints = _push_words(pushes)
         for tape, top, need in (("dl_ftape", "dl_fp", floats), ("dl_itape", "dl_ip", ints)):
-            if need:
+            if need and not self.reserved:
                 self.line(indent, f"if {top} + {need} > {tape}.shape[0]:")
                 self.line(indent + 1, f"{tape} = dl_rt.grown({tape}, {top} + {need})")
         for e in pushes:
@@ -201,12 +201,24 @@ class _Writer:
         index, *params = s.body.params
         self.assign(indent, [self.n.define(p) for p in params], [self.atom(a) for a in s.inits])
         lo, hi = self.atom(s.lo), self.atom(s.hi)
+        words = _leaf_loop_words(s.body)
+        was_reserved = self.reserved
+        if words is not None and any(words) and not was_reserved:
+            # A loop with no loop inside: reserve its tape space once, before it starts, so the
+            # tape arrays are not reassigned inside it (that costs reference counting per step).
+            for tape, top, per_step in (("dl_ftape", "dl_fp", words[0]), ("dl_itape", "dl_ip", words[1])):
+                if per_step:
+                    need = f"{top} + max(0, {hi} - {lo}) * {per_step}"
+                    self.line(indent, f"if {need} > {tape}.shape[0]:")
+                    self.line(indent + 1, f"{tape} = dl_rt.grown({tape}, {need})")
+            self.reserved = True
         self.line(indent, f"for {self.n.define(index)} in range({lo}, {hi}):  # line {s.loc[0] if s.loc else '?'}")
         start = len(self.lines)
         self.block(s.body, indent + 1)
         self.assign(indent + 1, [self.n[p] for p in params], [self.atom(a) for a in s.body.results])
         if len(self.lines) == start:
             self.line(indent + 1, "pass")
+        self.reserved = was_reserved
         self.assign(indent, [self.n.define(o) for o in s.outs], [self.n[p] for p in params])
 
     def while_loop(self, s: WhileLoop, indent: int) -> None:
@@ -315,6 +327,31 @@ class _Writer:
             self.line(indent, "dl_ip -= 1")
             value = "dl_itape[dl_ip] != 0" if t == BOOL else "dl_itape[dl_ip]"
             self.line(indent, f"{name} = {value}")
+
+
+def _push_words(pushes) -> tuple[int, int]:
+    """Float and int tape words a list of push equations writes."""
+    floats = sum(_size(e.ins[0].type) if e.ins[0].type.shape else 1 for e in pushes if e.ins[0].type.kind == "f64")
+    ints = sum(1 for e in pushes if e.ins[0].type.kind != "f64")
+    return floats, ints
+
+
+def _leaf_loop_words(body: Block) -> tuple[int, int] | None:
+    """The most tape words one iteration of a loop body pushes (both branches of an if
+    counted), or None when the body holds another loop."""
+    floats = ints = 0
+    stack = [body]
+    while stack:
+        b = stack.pop()
+        for s in b.eqns:
+            if isinstance(s, (ForLoop, WhileLoop)):
+                return None
+            if isinstance(s, IfElse):
+                stack += [s.then, s.orelse]
+            elif s.op == "push":
+                f, i = _push_words([s])
+                floats, ints = floats + f, ints + i
+    return floats, ints
 
 
 def _size(t: Type) -> int:

@@ -149,8 +149,20 @@ class _Context:
 
     defined: set[int]
     top_level: bool = False
-    popped: dict[int, Var] = field(default_factory=dict)
+    is_loop: bool = False
+    popped: dict[int, Var] = field(default_factory=dict)  # primal id -> the var holding it here
     needed: list[Var] = field(default_factory=list)  # primal vars, in push order
+    prologue: list[Eqn] = field(default_factory=list)  # cheap primal values recomputed here
+
+    def start(self, loc) -> tuple[Eqn, ...]:
+        """The reverse block's first statements: pop what the forward block pushed (in reverse
+        order), then recompute the cheap values."""
+        pops = tuple(Eqn((self.popped[v.id],), "pop", (), (), loc) for v in reversed(self.needed))
+        return pops + tuple(self.prologue)
+
+
+# Scalar ops cheaper to redo in the reverse sweep than to tape (when their inputs are at hand).
+_RECOMPUTE = {"add", "sub", "mul", "neg", "to_float"}
 
 
 class _Reverse:
@@ -163,6 +175,7 @@ class _Reverse:
         self.contexts: list[_Context] = []
         self.pushes: dict[int, list[Var]] = {}  # id(forward block) -> vars it pushes at its end
         self.trips: dict[int, Var] = {}  # id(while statement) -> its trip count
+        self.definitions = {e.outs[0].id: e for e in walk(program.body) if isinstance(e, Eqn) and e.outs}
         self.loc = None
 
     # ---- building blocks used by the rules ----------------------------------------------
@@ -189,18 +202,38 @@ class _Reverse:
         return self.op("mul", a, b)
 
     def p(self, a: Atom) -> Atom:
-        """A primal value, as the reverse sweep sees it (popped from the tape inside loops)."""
+        """A primal value, as the reverse sweep sees it.
+
+        Top-level values are still there. A value defined inside a loop body or branch is taped:
+        pushed at the end of the forward block and popped at the start of the reverse one. It
+        is pushed in the deepest branch (not loop) below its own block that needs it, so a loop
+        whose body rarely takes a branch does not tape the branch's inputs every iteration. A
+        cheap scalar op (+ - * on values at hand) is recomputed instead of taped."""
         if isinstance(a, Lit):
             return a
-        for ctx in reversed(self.contexts):
-            if a.id in ctx.defined:
-                if ctx.top_level:
-                    return a
-                if a.id not in ctx.popped:
-                    ctx.popped[a.id] = self.fresh(a.type, a.hint)
-                    ctx.needed.append(a)
+        depth = next((k for k in range(len(self.contexts) - 1, -1, -1) if a.id in self.contexts[k].defined), None)
+        if depth is None:
+            raise AssertionError(f"primal value {a} is not in scope of the reverse sweep")
+        if self.contexts[depth].top_level:
+            return a
+        for ctx in reversed(self.contexts[depth:]):  # already at hand here?
+            if a.id in ctx.popped:
                 return ctx.popped[a.id]
-        raise AssertionError(f"primal value {a} is not in scope of the reverse sweep")
+        current = self.contexts[-1]
+        eqn = self.definitions.get(a.id)
+        if eqn is not None and eqn.op in _RECOMPUTE and not a.type.shape:
+            ins = tuple(self.p(x) for x in eqn.ins)
+            new = self.fresh(a.type, a.hint)
+            current.prologue.append(Eqn((new,), eqn.op, eqn.params, ins, eqn.loc))
+            current.popped[a.id] = new
+            return new
+        where = depth
+        while where + 1 < len(self.contexts) and not self.contexts[where + 1].is_loop:
+            where += 1
+        ctx = self.contexts[where]
+        ctx.popped[a.id] = self.fresh(a.type, a.hint)
+        ctx.needed.append(a)
+        return ctx.popped[a.id]
 
     def zero(self, t: Type) -> Atom:
         return self.op("zeros", shape=t.shape) if t.shape else Lit(0.0, F64)
@@ -320,7 +353,7 @@ class _Reverse:
         saved = {f.id: self.adj.get(f.id) for f in free}
         for f, bf in zip(free, b_free):
             self.adj[f.id] = bf
-        ctx = _Context(_defined_in(s.body))
+        ctx = _Context(_defined_in(s.body), is_loop=True)
         self.contexts.append(ctx)
 
         def body():
@@ -336,8 +369,7 @@ class _Reverse:
         self.contexts.pop()
         results = self.results
         self.pushes[id(s.body)] = ctx.needed
-        pops = tuple(Eqn((ctx.popped[v.id],), "pop", (), (), s.loc) for v in reversed(ctx.needed))
-        block = Block((k, *b_yields, *b_free), pops + eqns, tuple(results))
+        block = Block((k, *b_yields, *b_free), ctx.start(s.loc) + eqns, tuple(results))
         outs = tuple(self.fresh(a.type, a.hint) for a in results)
         for f in free:
             self.adj[f.id] = saved[f.id]
@@ -372,8 +404,7 @@ class _Reverse:
             eqns = self.region(body)
             self.contexts.pop()
             self.pushes[id(block)] = ctx.needed
-            pops = tuple(Eqn((ctx.popped[v.id],), "pop", (), (), s.loc) for v in reversed(ctx.needed))
-            branches.append(Block((), pops + eqns, tuple(self.results)))
+            branches.append(Block((), ctx.start(s.loc) + eqns, tuple(self.results)))
             self.adj = saved
         outs = tuple(self.fresh(f.type, "b_" + f.hint if f.hint else "") for f in free)
         self.stmts.append(IfElse(outs, cond, branches[0], branches[1], s.loc))
