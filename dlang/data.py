@@ -12,6 +12,9 @@ from .errors import Diagnostic, InputError, Span
 from .ir import Program
 
 
+ARROW_MIN_BYTES = 1 << 20
+
+
 def _error(path: str, message: str, span: Span | None = None, text: str | None = None) -> InputError:
     return InputError(Diagnostic(message, span, path), text)
 
@@ -104,9 +107,10 @@ def load_data(program: Program, path: str | None) -> np.ndarray:
         names = ", ".join(d.name for d in program.data)
         raise InputError(f"the program reads data ({names}); give a CSV file with --data")
     raw = _read_bytes(path)
-    fast = _read_with_arrow(program, path, raw)
-    if fast is not None:
-        return fast
+    if len(raw) >= ARROW_MIN_BYTES:  # small files: the checked reader is quick, and importing Arrow is not
+        fast = _read_with_arrow(program, path, raw)
+        if fast is not None:
+            return fast
     return _read_checked(program, path, _decode(path, raw))
 
 

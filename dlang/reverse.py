@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, replace
 
 from .adjoints import NONDIFFERENTIABLE, RULES, AddAt, MissingRule
 from .ir import (F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Stmt, Type, Var,
-                 WhileLoop, blocks_of, renumber, walk)
+                 WhileLoop, blocks_of, walk)
+from .optimize import eliminate_dead_code
 from .prims import evaluate, result_type
 
 
@@ -286,7 +287,7 @@ class _Reverse:
         eqns = forward.eqns + reverse + tail
         block = Block(body.params, eqns, (body.results[0], *grads))
         adjoint = replace(prog, outputs=(), body=block, grads=tuple(p.name for p in prog.params))
-        return renumber(adjoint)
+        return eliminate_dead_code(adjoint)
 
     def region(self, fn) -> tuple[Stmt, ...]:
         saved, self.stmts = self.stmts, []

@@ -237,3 +237,14 @@ def test_loss_accumulates_over_statements_loops_and_branches():
     prog = compile_source(src, "t.dl")
     assert run_row(prog, {"x": 0.5}, {})[0] == 0.5 + 3.0 + 10.0
     assert program_loss(prog, [{"x": 1.0}, {"x": 3.0}]) == 13.0 + 2.0
+
+
+def test_dead_code_is_removed_from_the_adjoint_program():
+    from dlang.reverse import reverse_ad
+
+    src = "param a = 1.0\nunused = sin(a) * 3.0\nshown = cos(a)\noutput shown = shown\nloss a * a\n"
+    adjoint = reverse_ad(compile_source(src, "dead.dl"))
+    verify(adjoint)
+    ops = [s.op for s in ir.walk(adjoint.body) if isinstance(s, ir.Eqn)]
+    assert "sin" not in ops and "cos" not in ops  # neither reaches the loss or the gradient
+    assert parse_program(print_program(adjoint)) == adjoint
