@@ -122,6 +122,9 @@ class _Writer:
         self.comments = comments
         self.in_reverse = False
         self.reserved = False  # inside a loop whose tape space was reserved before it started
+        # In a prange body a `raise` makes Numba run the loop serially: there, a fault sets
+        # dl_fault (kind * 10**12 + line * 10**6 + column) and the code goes on safely instead.
+        self.flag_faults = False
 
     def atom(self, a: Atom) -> str:
         return self.n[a] if isinstance(a, Var) else literal(a.value, a.type)
@@ -233,7 +236,11 @@ class _Writer:
         self.line(indent + 2, "break")
         self.line(indent + 1, f"{count} += 1")
         self.line(indent + 1, f"if {count} > {self.max_iterations}:")
-        self.line(indent + 2, f"raise RuntimeError('dl_fault:while:{line}:{col}')")
+        if self.flag_faults:
+            self.line(indent + 2, f"dl_fault = {fault_code('while', line, col)}")
+            self.line(indent + 2, "break")
+        else:
+            self.line(indent + 2, f"raise RuntimeError('dl_fault:while:{line}:{col}')")
         self.assign(indent + 1, [self.n.define(p) for p in s.body.params], cparams)
         self.block(s.body, indent + 1)
         self.assign(indent + 1, cparams, [self.atom(a) for a in s.body.results])
@@ -256,7 +263,20 @@ class _Writer:
             name = self.atom(i)
             line, col = e.loc if e.loc else (0, 0)
             self.line(indent, f"if {name} < 0 or {name} >= {size}:")
-            self.line(indent + 1, f"raise IndexError('dl_fault:index:{line}:{col}')")
+            if self.flag_faults:
+                self.line(indent + 1, f"dl_fault = {fault_code('index', line, col)}")
+            else:
+                self.line(indent + 1, f"raise IndexError('dl_fault:index:{line}:{col}')")
+
+    def subscript(self, idx: list[Atom], shape) -> str:
+        """Index text; with flagged faults an index out of range is clamped (the row is void)."""
+        parts = []
+        for i, size in zip(idx, shape):
+            text = self.atom(i)
+            if self.flag_faults and not isinstance(i, Lit):
+                text = f"min(max({text}, 0), {size - 1})"
+            parts.append(text)
+        return ", ".join(parts)
 
     def eqn(self, e: Eqn, indent: int) -> None:
         ins = [self.atom(a) for a in e.ins]
@@ -302,11 +322,11 @@ class _Writer:
             return f"dl_np.zeros({shape})" if op == "zeros" else f"dl_np.full({shape}, {ins[0]})"
         if op == "index":
             self.check_index(e, e.ins[0], e.ins[1:], indent)
-            sub = ", ".join(ins[1:])
+            sub = self.subscript(list(e.ins[1:]), e.ins[0].type.shape)
             return f"{ins[0]}[{sub}].copy()" if out.type.shape else f"{ins[0]}[{sub}]"
         if op in ("setindex", "addindex"):
             self.check_index(e, e.ins[0], e.ins[2:], indent)
-            sub = ", ".join(ins[2:])
+            sub = self.subscript(list(e.ins[2:]), e.ins[0].type.shape)
             self.line(indent, f"{target} = {ins[0]}.copy()")
             self.line(indent, f"{target}[{sub}] {'=' if op == 'setindex' else '+='} {ins[1]}")
             return None
@@ -327,6 +347,18 @@ class _Writer:
             self.line(indent, "dl_ip -= 1")
             value = "dl_itape[dl_ip] != 0" if t == BOOL else "dl_itape[dl_ip]"
             self.line(indent, f"{name} = {value}")
+
+
+FAULT_KINDS = {"index": 1, "while": 2}
+
+
+def fault_code(kind: str, line: int, col: int) -> int:
+    return FAULT_KINDS[kind] * 10**12 + line * 10**6 + col
+
+
+def decode_fault(code: int) -> tuple[str, int, int]:
+    kind = {v: k for k, v in FAULT_KINDS.items()}[code // 10**12]
+    return kind, (code // 10**6) % 10**6, code % 10**6
 
 
 def _push_words(pushes) -> tuple[int, int]:
@@ -398,6 +430,7 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
     the caller adds the chunk sums in order, so the result does not depend on the threads."""
     namer = Namer()
     w = _Writer(namer, max_iterations, reverse_from)
+    w.flag_faults = parallel
     data_vars = program.body.params[:len(program.data)]
     param_vars = program.body.params[len(program.data):]
     params = [namer.define(v) for v in param_vars]
@@ -407,6 +440,8 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
         extra = ["dl_nchunks", "dl_closs", "dl_cwords"] + [f"dl_c{g}" for g in grads]
     else:
         extra = ["dl_ftape", "dl_itape"] if adjoint else ["dl_losses", "dl_outs"]
+    if parallel:
+        extra.append("dl_faults")  # per chunk (adjoint) or per row (forward): 0, or a fault code
     jit = _JIT.replace(")", ", parallel=True)") if parallel else _JIT
     lines = [jit, f"def {name}({', '.join(['dl_data'] + params + extra)}):"]
     depth = 1
@@ -415,6 +450,7 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
         w.line(1, "for dl_c in dl_prange(dl_nchunks):")
         w.line(2, "dl_ftape = dl_np.empty(4096)")
         w.line(2, "dl_itape = dl_np.empty(1024, dl_np.int64)")
+        w.line(2, "dl_fault = 0")
         depth = 2
     if adjoint:
         w.line(depth, "dl_loss = 0.0")
@@ -428,6 +464,8 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
     else:
         w.line(depth, "for dl_r in range(dl_data.shape[0]):")
     body = depth + 1
+    if parallel and not chunks:
+        w.line(body, "dl_fault = 0")
     for (col, width), v in zip(_data_layout(program), data_vars):
         cell = f"dl_data[dl_r, {col}:{col + width}]" if v.type.shape else f"dl_data[dl_r, {col}]"
         w.line(body, f"{namer.define(v)} = {cell}")
@@ -443,6 +481,7 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
     if chunks:
         w.line(2, "dl_closs[dl_c] = dl_loss")
         w.line(2, "dl_cwords[dl_c] = dl_tape_words")
+        w.line(2, "dl_faults[dl_c] = dl_fault")
         for g in grads:
             w.line(2, f"dl_c{g}[dl_c] = {g}")
         w.line(1, "return 0")
@@ -452,6 +491,8 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
                   "dl_ftape, dl_itape)")
     else:
         w.line(2, f"dl_losses[dl_r] = {results[0]}")
+        if parallel:
+            w.line(2, "dl_faults[dl_r] = dl_fault")
         col = 0
         for r in program.body.results[1:1 + len(program.outputs)]:
             if r.type.shape:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .codegen import DEFAULT_MAX_ITERATIONS, data_width, generate, output_width
+from .codegen import DEFAULT_MAX_ITERATIONS, data_width, decode_fault, generate, output_width
 from .errors import Diagnostic, RuntimeFault, Span
 from .ir import Program
 from .reverse import reverse_ad
@@ -51,6 +51,7 @@ class Kernels:
     source: str
     path: Path
     module: object
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
     _tapes: tuple | None = None
     tape_bytes_per_row: float = 0.0  # of the last grad call: 8 bytes per value taped, mean over rows
 
@@ -66,9 +67,13 @@ class Kernels:
         n = data.shape[0]
         losses = np.empty(n)
         outs = np.empty((n, output_width(self.program)))
-        kernel = self.module.dl_forward_rows_par if n >= PARALLEL_MIN_ROWS else self.module.dl_forward_rows
-        with self._faults(data, params):
-            return kernel(data, *self._param_args(params), losses, outs)
+        with self._faults(data, params) as faults:
+            if n < PARALLEL_MIN_ROWS:
+                return self.module.dl_forward_rows(data, *self._param_args(params), losses, outs)
+            codes = np.zeros(n, np.int64)
+            self.module.dl_forward_rows_par(data, *self._param_args(params), losses, outs, codes)
+            faults.check(codes)
+            return losses, outs
 
     def loss(self, data: np.ndarray, params: dict) -> float:
         return float(np.mean(self.forward_rows(data, params)[0]))
@@ -92,8 +97,10 @@ class Kernels:
         k = CHUNKS
         closs, cwords = np.zeros(k), np.zeros(k, np.int64)
         cgrads = [np.zeros((k, *p.type.shape)) for p in self.program.params]
-        with self._faults(data, params):
-            self.module.dl_grad_chunks(data, *self._param_args(params), k, closs, cwords, *cgrads)
+        codes = np.zeros(k, np.int64)
+        with self._faults(data, params) as faults:
+            self.module.dl_grad_chunks(data, *self._param_args(params), k, closs, cwords, *cgrads, codes)
+            faults.check(codes)
         n = data.shape[0]
         self.tape_bytes_per_row = 8.0 * float(cwords.sum()) / n
         grads = {}
@@ -124,14 +131,22 @@ class _FaultReport:
         if err is None or not isinstance(err, (IndexError, RuntimeError)) or "dl_fault:" not in str(err):
             return False
         what, line, col = str(err).split("dl_fault:")[1].split(":")[:3]
+        self.fail(what, int(line), int(col))
+
+    def check(self, codes: np.ndarray) -> None:
+        """Fault codes a parallel kernel left (it cannot raise inside prange)."""
+        found = np.flatnonzero(codes)
+        if found.size:
+            self.fail(*decode_fault(int(codes[found[0]])))
+
+    def fail(self, what: str, line: int, col: int):
         row = self._find_row()
         where = f" (data row {row + 1})" if row is not None else ""
         if what == "index":
             message = f"an index is out of range{where}"
         else:
-            message = (f"the while loop ran more than the allowed number of iterations{where}; "
-                       "raise the cap with --max-iterations if it is meant to")
-        line, col = int(line), int(col)
+            message = (f"the while loop ran more than {self.kernels.max_iterations:,} times{where}; "
+                       "its condition may never become false")
         span = Span(line, col, line, col + 1) if line else None
         source = None
         path = self.kernels.program.source_path
@@ -168,7 +183,7 @@ def compile_kernels(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIO
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         sys.modules[name] = module
-    return Kernels(program, adjoint, source, path, module)
+    return Kernels(program, adjoint, source, path, module, max_iterations)
 
 
 def data_matrix_width(program: Program) -> int:

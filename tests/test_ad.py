@@ -437,3 +437,20 @@ def test_parallel_kernels_are_bitwise_identical_whatever_the_thread_count(tmp_pa
         np.testing.assert_allclose(parallel[1][k], serial[1][k], rtol=1e-11)
     assert kernels.loss(data, params) == pytest.approx(program_loss(prog, [{"x": x, "y": y} for x, y in data], params),
                                                        rel=1e-12)
+
+
+def test_faults_in_parallel_kernels_are_reported_with_line_and_row():
+    from dlang.errors import RuntimeFault
+    from dlang.kernels import PARALLEL_MIN_ROWS
+
+    prog = compile_source("data k\nparam a = 1.0\nv = zeros(3)\ns = 0.0\nn = 0\n"
+                          "while k > 0.5 and n < 5 {\n  s += v[n] * a\n  n += 1\n}\nloss s + k\n", "oob.dl")
+    kernels = compile_kernels(prog)
+    data = np.zeros((PARALLEL_MIN_ROWS + 10, 1))
+    data[1500, 0] = 1.0  # only this row reads past the end of v
+    for run in (lambda: kernels.grad(data, {"a": 1.0}), lambda: kernels.loss(data, {"a": 1.0})):
+        with pytest.raises(RuntimeFault) as err:
+            run()
+        assert "oob.dl:7:8" in str(err.value) and "data row 1501" in str(err.value)
+    data[1500, 0] = 0.0
+    assert kernels.loss(data, {"a": 1.0}) == 0.0  # and without that row, no fault
