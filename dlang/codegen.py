@@ -346,6 +346,29 @@ class _Writer:
             self.line(indent, f"{name} = {value}")
 
 
+_NOT_HOISTED = {"push", "pop", "index", "setindex", "addindex"}  # tape ops; ops that check an index
+
+
+def _split_row_invariant(body: Block, param_vars, reverse_from: int | None):
+    """Top-level equations that read only params, constants and each other are the same for
+    every row: they move before the row loop. Gives (hoisted, the rest, reverse_from in it)."""
+    invariant = {v.id for v in param_vars}
+    hoisted, rest = [], []
+    start = None
+    for k, s in enumerate(body.eqns):
+        if reverse_from is not None and k == reverse_from:
+            start = len(rest)
+        if (isinstance(s, Eqn) and s.outs and s.op not in _NOT_HOISTED
+                and all(isinstance(a, Lit) or a.id in invariant for a in s.ins)):
+            hoisted.append(s)
+            invariant.add(s.outs[0].id)
+        else:
+            rest.append(s)
+    if reverse_from is not None and start is None:
+        start = len(rest)
+    return hoisted, Block(body.params, tuple(rest), body.results), start
+
+
 FAULT_KINDS = {"index": 1, "while": 2}
 
 
@@ -414,6 +437,8 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
     param_vars = program.body.params[len(program.data):]
     params = [namer.define(v) for v in param_vars]
     grads = [namer.unique("dl_g") for _ in param_vars]
+    hoisted, row_body, reverse_from = _split_row_invariant(program.body, param_vars, reverse_from)
+    w.reverse_from = reverse_from
     chunks = adjoint and parallel
     if chunks:
         extra = ["dl_nchunks", "dl_closs", "dl_cwords"] + [f"dl_c{g}" for g in grads]
@@ -423,6 +448,12 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
         extra.append("dl_faults")  # per chunk (adjoint) or per row (forward): 0, or a fault code
     jit = _JIT.replace(")", ", parallel=True)") if parallel else _JIT
     lines = [jit, f"def {name}({', '.join(['dl_data'] + params + extra)}):"]
+    if hoisted:
+        w.line(1, "# the same for every row (params and constants only): computed once")
+        w.comments = False
+        for e in hoisted:
+            w.eqn(e, 1)
+        w.comments = True
     depth = 1
     if chunks:
         w.line(1, "dl_n = dl_data.shape[0]")
@@ -453,10 +484,10 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
         w.line(body + 1, "dl_fp = 0")
         w.line(body + 1, "dl_ip = 0")
         w.line(body + 1, "dl_over = False")
-        w.block(program.body, body + 1, top=True)
+        w.block(row_body, body + 1, top=True)
         w.line(body + 1, "break")
     else:
-        w.block(program.body, body, top=True)
+        w.block(row_body, body, top=True)
     results = [w.atom(r) for r in program.body.results]
     if adjoint:
         w.line(body, f"dl_loss += {results[0]}")
