@@ -121,6 +121,7 @@ class _Writer:
         self.last_comment_loc = None
         self.comments = comments
         self.in_reverse = False
+        self.buffers: dict[int, str] = {}  # array values written into a buffer allocated once
         # In a prange body a `raise` makes Numba run the loop serially: there, a fault sets
         # dl_fault (kind * 10**12 + line * 10**6 + column) and the code goes on safely instead.
         self.flag_faults = False
@@ -296,6 +297,10 @@ class _Writer:
         op, out = e.op, e.outs[0]
         is_array = any(a.type.shape for a in e.ins) or bool(out.type.shape)
         kinds = "".join("a" if a.type.shape else "s" for a in e.ins)
+        buffer = self.buffers.get(out.id)
+        if buffer is not None:  # write into the kernel's buffer for this value: no allocation
+            self.line(indent, _into_call(e, kinds, buffer, ins))
+            return buffer
         if is_array and op in _ELEMENTWISE_UNARY:
             return f"dl_rt.ew_{op}({ins[0]})"
         if is_array and op in _ELEMENTWISE_BINARY:
@@ -344,6 +349,33 @@ class _Writer:
             self.line(indent, "dl_ip -= 1")
             value = "dl_itape[dl_ip] != 0" if t == BOOL else "dl_itape[dl_ip]"
             self.line(indent, f"{name} = {value}")
+
+
+def _into_call(e: Eqn, kinds: str, buffer: str, ins: list[str]) -> str:
+    """The runtime call that computes equation e into `buffer` (see _BUFFERED)."""
+    op = e.op
+    if op in _ELEMENTWISE_UNARY:
+        return f"dl_rt.ew_{op}_into({buffer}, {ins[0]})"
+    if op in _ELEMENTWISE_BINARY:
+        return f"dl_rt.ew_{op}_{kinds}_into({buffer}, {ins[0]}, {ins[1]})"
+    if op == "matmul":
+        name = {(2, 1): "matvec", (1, 2): "vecmat", (2, 2): "matmat"}[(len(e.ins[0].type.shape),
+                                                                     len(e.ins[1].type.shape))]
+        return f"dl_rt.{name}_into({buffer}, {ins[0]}, {ins[1]})"
+    if op == "outer":
+        return f"dl_rt.outer_into({buffer}, {ins[0]}, {ins[1]})"
+    if op == "zeros":
+        return f"dl_rt.fill_into({buffer}, 0.0)"
+    return f"dl_rt.fill_into({buffer}, {ins[0]})"  # broadcast
+
+
+def _buffered(e) -> bool:
+    """Array equations that can write into a preallocated buffer."""
+    if not isinstance(e, Eqn) or not e.outs or not e.outs[0].type.shape:
+        return False
+    if e.op in _ELEMENTWISE_UNARY or e.op in _ELEMENTWISE_BINARY or e.op in ("outer", "zeros", "broadcast"):
+        return True
+    return e.op == "matmul" and bool(e.outs[0].type.shape)
 
 
 _NOT_HOISTED = {"push", "pop", "index", "setindex", "addindex"}  # tape ops; ops that check an index
@@ -462,6 +494,11 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
         w.line(2, "dl_itape = dl_np.empty(1024, dl_np.int64)")
         w.line(2, "dl_fault = 0")
         depth = 2
+    for e in row_body.eqns:  # top-level array values: one buffer each, reused by every row
+        if _buffered(e) and (chunks or not parallel):  # (a prange over rows would share them)
+            buffer = namer.unique("dl_buf")
+            w.buffers[e.outs[0].id] = buffer
+            w.line(depth, f"{buffer} = dl_np.empty({e.outs[0].type.shape})")
     if adjoint:
         w.line(depth, "dl_loss = 0.0")
         w.line(depth, "dl_tape_words = 0")

@@ -784,3 +784,563 @@ def ew_mask_gt_sa(x, y):
         b = ya[i]
         dst[i] = mask_gt(a, b)
     return out
+
+
+# ---- the same elementwise ops writing into a buffer the kernel allocated once (no allocation
+# per row); `out` never aliases an input.
+
+
+@njit(**_FLAGS)
+def ew_neg_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = -v
+
+
+@njit(**_FLAGS)
+def ew_sin_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.sin(v)
+
+
+@njit(**_FLAGS)
+def ew_cos_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.cos(v)
+
+
+@njit(**_FLAGS)
+def ew_tan_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.tan(v)
+
+
+@njit(**_FLAGS)
+def ew_asin_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = _asin(v)
+
+
+@njit(**_FLAGS)
+def ew_acos_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = _acos(v)
+
+
+@njit(**_FLAGS)
+def ew_atan_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.atan(v)
+
+
+@njit(**_FLAGS)
+def ew_exp_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.exp(v)
+
+
+@njit(**_FLAGS)
+def ew_log_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = _log(v)
+
+
+@njit(**_FLAGS)
+def ew_log1p_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = _log1p(v)
+
+
+@njit(**_FLAGS)
+def ew_sqrt_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = _sqrt(v)
+
+
+@njit(**_FLAGS)
+def ew_tanh_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.tanh(v)
+
+
+@njit(**_FLAGS)
+def ew_sinh_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.sinh(v)
+
+
+@njit(**_FLAGS)
+def ew_cosh_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.cosh(v)
+
+
+@njit(**_FLAGS)
+def ew_sigmoid_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = sigmoid(v)
+
+
+@njit(**_FLAGS)
+def ew_relu_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = relu(v)
+
+
+@njit(**_FLAGS)
+def ew_softplus_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = softplus(v)
+
+
+@njit(**_FLAGS)
+def ew_abs_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = abs(v)
+
+
+@njit(**_FLAGS)
+def ew_sign_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = sign(v)
+
+
+@njit(**_FLAGS)
+def ew_floor_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.floor(v)
+
+
+@njit(**_FLAGS)
+def ew_ceil_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = math.ceil(v)
+
+
+@njit(**_FLAGS)
+def ew_round_into(out, x):
+    src = x.ravel()
+    dst = out.ravel()
+    for i in range(src.size):
+        v = src[i]
+        dst[i] = np.rint(v)
+
+
+@njit(**_FLAGS)
+def ew_add_aa_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = a + b
+
+
+@njit(**_FLAGS)
+def ew_add_as_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = a + b
+
+
+@njit(**_FLAGS)
+def ew_add_sa_into(out, x, y):
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = a + b
+
+
+@njit(**_FLAGS)
+def ew_sub_aa_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = a - b
+
+
+@njit(**_FLAGS)
+def ew_sub_as_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = a - b
+
+
+@njit(**_FLAGS)
+def ew_sub_sa_into(out, x, y):
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = a - b
+
+
+@njit(**_FLAGS)
+def ew_mul_aa_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = a * b
+
+
+@njit(**_FLAGS)
+def ew_mul_as_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = a * b
+
+
+@njit(**_FLAGS)
+def ew_mul_sa_into(out, x, y):
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = a * b
+
+
+@njit(**_FLAGS)
+def ew_div_aa_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = a / b
+
+
+@njit(**_FLAGS)
+def ew_div_as_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = a / b
+
+
+@njit(**_FLAGS)
+def ew_div_sa_into(out, x, y):
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = a / b
+
+
+@njit(**_FLAGS)
+def ew_pow_aa_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = a ** b
+
+
+@njit(**_FLAGS)
+def ew_pow_as_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = a ** b
+
+
+@njit(**_FLAGS)
+def ew_pow_sa_into(out, x, y):
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = a ** b
+
+
+@njit(**_FLAGS)
+def ew_atan2_aa_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = math.atan2(a, b)
+
+
+@njit(**_FLAGS)
+def ew_atan2_as_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = math.atan2(a, b)
+
+
+@njit(**_FLAGS)
+def ew_atan2_sa_into(out, x, y):
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = math.atan2(a, b)
+
+
+@njit(**_FLAGS)
+def ew_min_aa_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = fmin(a, b)
+
+
+@njit(**_FLAGS)
+def ew_min_as_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = fmin(a, b)
+
+
+@njit(**_FLAGS)
+def ew_min_sa_into(out, x, y):
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = fmin(a, b)
+
+
+@njit(**_FLAGS)
+def ew_max_aa_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = fmax(a, b)
+
+
+@njit(**_FLAGS)
+def ew_max_as_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = fmax(a, b)
+
+
+@njit(**_FLAGS)
+def ew_max_sa_into(out, x, y):
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = fmax(a, b)
+
+
+@njit(**_FLAGS)
+def ew_mask_ge_aa_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = mask_ge(a, b)
+
+
+@njit(**_FLAGS)
+def ew_mask_ge_as_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = mask_ge(a, b)
+
+
+@njit(**_FLAGS)
+def ew_mask_ge_sa_into(out, x, y):
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = mask_ge(a, b)
+
+
+@njit(**_FLAGS)
+def ew_mask_gt_aa_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = ya[i]
+        dst[i] = mask_gt(a, b)
+
+
+@njit(**_FLAGS)
+def ew_mask_gt_as_into(out, x, y):
+    dst = out.ravel()
+    xa = x.ravel()
+    for i in range(dst.size):
+        a = xa[i]
+        b = y
+        dst[i] = mask_gt(a, b)
+
+
+@njit(**_FLAGS)
+def ew_mask_gt_sa_into(out, x, y):
+    dst = out.ravel()
+    ya = y.ravel()
+    for i in range(dst.size):
+        a = x
+        b = ya[i]
+        dst[i] = mask_gt(a, b)
+
+
+@njit(**_FLAGS)
+def matvec_into(out, a, x):
+    n, m = a.shape
+    for i in range(n):
+        s = 0.0
+        for j in range(m):
+            s += a[i, j] * x[j]
+        out[i] = s
+
+
+@njit(**_FLAGS)
+def vecmat_into(out, x, b):
+    m, k = b.shape
+    for j in range(k):
+        out[j] = 0.0
+    for i in range(m):
+        xi = x[i]
+        for j in range(k):
+            out[j] += xi * b[i, j]
+
+
+@njit(**_FLAGS)
+def matmat_into(out, a, b):
+    n, m = a.shape
+    k = b.shape[1]
+    for i in range(n):
+        for j in range(k):
+            out[i, j] = 0.0
+        for p in range(m):
+            aip = a[i, p]
+            for j in range(k):
+                out[i, j] += aip * b[p, j]
+
+
+@njit(**_FLAGS)
+def outer_into(out, x, y):
+    for i in range(x.shape[0]):
+        for j in range(y.shape[0]):
+            out[i, j] = x[i] * y[j]
+
+
+@njit(**_FLAGS)
+def fill_into(out, value):
+    dst = out.ravel()
+    for i in range(dst.size):
+        dst[i] = value
