@@ -301,13 +301,14 @@ class _Writer:
         if buffer is not None:  # write into the kernel's buffer for this value: no allocation
             self.line(indent, _into_call(e, kinds, buffer, ins))
             return buffer
-        if is_array and op in _ELEMENTWISE_UNARY:
-            return f"dl_rt.ew_{op}({ins[0]})"
-        if is_array and op in _ELEMENTWISE_BINARY:
-            return f"dl_rt.ew_{op}_{kinds}({ins[0]}, {ins[1]})"
-        if is_array and op == "clamp":
-            inner = f"dl_rt.ew_max_{kinds[:2]}({ins[0]}, {ins[1]})"
-            return f"dl_rt.ew_min_a{kinds[2]}({inner}, {ins[2]})"
+        if is_array and (op in _ELEMENTWISE_UNARY or op in _ELEMENTWISE_BINARY or op == "clamp"):
+            self.line(indent, f"{target} = dl_np.empty({out.type.shape})")
+            if op == "clamp":  # min(max(x, lo), hi), the second step in place
+                self.line(indent, f"dl_rt.ew_max_{kinds[:2]}_into({target}, {ins[0]}, {ins[1]})")
+                self.line(indent, f"dl_rt.ew_min_a{kinds[2]}_into({target}, {target}, {ins[2]})")
+            else:
+                self.line(indent, _into_call(e, kinds, target, ins))
+            return None
         if op in _UNARY and len(ins) == 1:
             return _UNARY[op].format(*ins)
         if op in _BINARY:
