@@ -5,16 +5,15 @@ the IR one equation at a time and is slow by design.
 """
 from __future__ import annotations
 
-import csv
 import zlib
 
 import numpy as np
 
-from .errors import Diagnostic, InputError, RuntimeFault, Span
+from .errors import Diagnostic, RuntimeFault, Span
 from .ir import Atom, Block, Eqn, ForLoop, Lit, Program, WhileLoop
 from .prims import IndexOutOfRange, evaluate
 
-DEFAULT_MAX_ITERATIONS = 100_000_000
+from .codegen import DEFAULT_MAX_ITERATIONS  # one cap for interpreter and kernels
 
 
 def initial_params(prog: Program, seed: int = 0) -> dict[str, float | np.ndarray]:
@@ -33,49 +32,20 @@ def initial_params(prog: Program, seed: int = 0) -> dict[str, float | np.ndarray
     return values
 
 
-def data_columns(name: str, size: int, header: list[str]) -> list[str]:
-    """The CSV columns of `data name[size]`: name_0 ... or name0 ..."""
-    for sep in ("_", ""):
-        cols = [f"{name}{sep}{k}" for k in range(size)]
-        if all(c in header for c in cols):
-            return cols
-    return [f"{name}_{k}" for k in range(size)]
-
-
 def read_rows(prog: Program, csv_path: str) -> list[dict[str, float | np.ndarray]]:
-    """The data values of every CSV row, by data name (vectors as 1-D arrays)."""
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:
-        table = list(csv.reader(f))
-    if not table:
-        raise InputError(Diagnostic("the file is empty; expected a header row", None, csv_path))
-    header = [h.strip() for h in table[0]]
-    where: dict[str, list[int] | int] = {}
-    for d in prog.data:
-        cols = data_columns(d.name, d.type.shape[0], header) if d.type.shape else [d.name]
-        for c in cols:
-            if c not in header:
-                raise InputError(Diagnostic(f"no column '{c}' (needed by data {d.name})", None, csv_path))
-        idx = [header.index(c) for c in cols]
-        where[d.name] = idx if d.type.shape else idx[0]
+    """The data values of every CSV row, by data name (vectors as 1-D arrays), read and
+    checked by dlang.data like every command's data."""
+    from .data import load_data
+
+    matrix = load_data(prog, csv_path)
     rows = []
-    for r, line in enumerate(table[1:], start=2):
-        if not line:
-            continue
+    for line in matrix:
         row: dict[str, float | np.ndarray] = {}
-        for name, idx in where.items():
-            cells = idx if isinstance(idx, list) else [idx]
-            vals = []
-            for c in cells:
-                try:
-                    v = float(line[c])
-                except (ValueError, IndexError):
-                    raise InputError(Diagnostic(f"row {r}, column '{header[c]}': not a number", None,
-                                                csv_path)) from None
-                if not np.isfinite(v):
-                    raise InputError(Diagnostic(f"row {r}, column '{header[c]}': not a finite number", None,
-                                                csv_path))
-                vals.append(v)
-            row[name] = np.array(vals) if isinstance(idx, list) else vals[0]
+        col = 0
+        for d in prog.data:
+            width = d.type.shape[0] if d.type.shape else 1
+            row[d.name] = line[col:col + width].copy() if d.type.shape else float(line[col])
+            col += width
         rows.append(row)
     return rows
 

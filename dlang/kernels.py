@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .codegen import DEFAULT_MAX_ITERATIONS, data_width, decode_fault, generate, output_width
+from .codegen import DEFAULT_MAX_ITERATIONS, decode_fault, generate, output_width
 from .errors import Diagnostic, RuntimeFault, Span
 from .ir import Program
 from .reverse import reverse_ad
@@ -185,6 +185,3 @@ def compile_kernels(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIO
         sys.modules[name] = module
     return Kernels(program, adjoint, source, path, module, max_iterations)
 
-
-def data_matrix_width(program: Program) -> int:
-    return data_width(program)
