@@ -13,13 +13,14 @@ import keyword
 import math
 import re
 
-from .ir import BOOL, F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Type, Var, WhileLoop
+from .ir import (BOOL, F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Type, Var, WhileLoop,
+                 blocks_of, walk)
 
 DEFAULT_MAX_ITERATIONS = 100_000_000
 
 _RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
 
-# scalar forms (elementwise ops on arrays call dl_rt.ew_* helpers instead)
+# scalar forms; an elementwise op on arrays is a loop applying the scalar form (Writer.loops)
 _UNARY = {
     "neg": "-{0}",
     "sin": "dl_math.sin({0})",
@@ -45,7 +46,6 @@ _UNARY = {
     "round": "dl_rt.fround({0})",
     "not": "not {0}",
     "to_float": "float({0})",
-    "sum": "dl_rt.total({0})",
     "transpose": "dl_np.ascontiguousarray({0}.T)",
 }
 _BINARY = {
@@ -54,14 +54,10 @@ _BINARY = {
     "ne": "{0} != {1}",
     "atan2": "dl_math.atan2({0}, {1})", "min": "dl_rt.fmin({0}, {1})", "max": "dl_rt.fmax({0}, {1})",
     "mask_ge": "dl_rt.mask_ge({0}, {1})", "mask_gt": "dl_rt.mask_gt({0}, {1})",
-    "dot": "dl_rt.dot({0}, {1})", "outer": "dl_rt.outer({0}, {1})",
 }
-_MATMUL = {(2, 1): "dl_rt.matvec({0}, {1})", (1, 2): "dl_rt.vecmat({0}, {1})",
-           (2, 2): "dl_rt.matmat({0}, {1})", (1, 1): "dl_rt.dot({0}, {1})"}
 
-
-# Elementwise ops on arrays call one small cached helper each (dlang.runtime.ew_*): compiling a
-# kernel full of NumPy array expressions is many times slower.
+# Elementwise ops on arrays are written as loops, never as NumPy array expressions: those
+# allocate per op and make a kernel many times slower to compile.
 _ELEMENTWISE_UNARY = {"neg", "sin", "cos", "tan", "asin", "acos", "atan", "exp", "log", "log1p", "sqrt",
                       "tanh", "sinh", "cosh", "sigmoid", "relu", "softplus", "abs", "sign", "floor", "ceil",
                       "round"}
@@ -125,6 +121,7 @@ class _Writer:
         # In a prange body a `raise` makes Numba run the loop serially: there, a fault sets
         # dl_fault (kind * 10**12 + line * 10**6 + column) and the code goes on safely instead.
         self.flag_faults = False
+        self.taped = True  # whether the program pushes anything (else no tape retry loop)
 
     def atom(self, a: Atom) -> str:
         return self.n[a] if isinstance(a, Var) else literal(a.value, a.type)
@@ -148,6 +145,11 @@ class _Writer:
             self.start_reverse(indent)
 
     def start_reverse(self, indent: int) -> None:
+        if not self.taped:  # nothing on a tape: no retry, nothing to measure
+            self.line(indent, "# ---- reverse sweep: adjoints b_x = d loss / d x ----")
+            self.in_reverse = True
+            self.last_comment_loc = None
+            return
         self.line(indent, "if dl_over:  # the tape was too small for this row: grow it and run the row again")
         self.line(indent + 1, "dl_ftape = dl_rt.grown(dl_ftape, 2 * dl_ftape.shape[0])")
         self.line(indent + 1, "dl_itape = dl_rt.grown(dl_itape, 2 * dl_itape.shape[0])")
@@ -178,7 +180,7 @@ class _Writer:
             name = self.atom(a)
             if a.type.shape:
                 size = _size(a.type)
-                self.line(indent, f"dl_ftape[dl_fp:dl_fp + {size}] = {name}.ravel()")
+                self.line(indent, f"dl_rt.tape_put(dl_ftape, dl_fp, {name})")
                 self.line(indent, f"dl_fp += {size}")
             elif a.type == F64:
                 self.line(indent, f"dl_ftape[dl_fp] = {name}")
@@ -286,6 +288,8 @@ class _Writer:
             self.pop(out, indent)
             return
         target = self.n.define(out)
+        if self.loops(e, ins, target, indent):
+            return
         expr = self.expression(e, ins, target, indent)
         if expr is not None:
             text = f"{target} = {expr}"
@@ -293,33 +297,83 @@ class _Writer:
             if not self.in_reverse and e.loc is not None:
                 self.rendered.setdefault(e.loc, []).append(text)
 
+    def loops(self, e: Eqn, ins: list[str], target: str, indent: int) -> bool:
+        """Array arithmetic of a known size written as plain loops in the kernel: LLVM keeps
+        them tight (a call to a helper per op costs several times more per row). The result
+        goes into the kernel's buffer for the value, or a new array. False if e is not such."""
+        op, out = e.op, e.outs[0]
+        shapes = [a.type.shape for a in e.ins]
+        if op in _ELEMENTWISE_UNARY or op in _ELEMENTWISE_BINARY or op == "clamp":
+            if not out.type.shape:
+                return False
+            scalar = _UNARY.get(op) or _BINARY.get(op) or "dl_rt.clamp({0}, {1}, {2})"
+            at = "[dl_i]" if len(out.type.shape) == 1 else ".flat[dl_i]"
+            args = [x + at if shp else x for x, shp in zip(ins, shapes)]
+            dest = self.array_for(out, target, indent)
+            self.line(indent, f"for dl_i in range({_size(out.type)}):")
+            self.line(indent + 1, f"{dest}{at} = {scalar.format(*args)}")
+        elif op in ("zeros", "broadcast") and out.id in self.buffers:
+            at = "[dl_i]" if len(out.type.shape) == 1 else ".flat[dl_i]"
+            dest = self.array_for(out, target, indent)
+            self.line(indent, f"for dl_i in range({_size(out.type)}):")
+            self.line(indent + 1, f"{dest}{at} = {ins[0] if op == 'broadcast' else '0.0'}")
+        elif op in ("dot", "sum", "mean") or (op == "matmul" and len(shapes[0]) == len(shapes[1]) == 1):
+            if op in ("sum", "mean"):
+                term = f"{ins[0]}[dl_i]" if len(shapes[0]) == 1 else f"{ins[0]}.flat[dl_i]"
+            else:
+                term = f"{ins[0]}[dl_i] * {ins[1]}[dl_i]"
+            self.line(indent, f"{target} = 0.0")
+            self.line(indent, f"for dl_i in range({_size(e.ins[0].type)}):")
+            self.line(indent + 1, f"{target} += {term}")
+            if op == "mean":
+                self.line(indent, f"{target} /= {float(_size(e.ins[0].type))!r}")
+        elif op == "outer":
+            dest = self.array_for(out, target, indent)
+            self.line(indent, f"for dl_i in range({shapes[0][0]}):")
+            self.line(indent + 1, f"for dl_j in range({shapes[1][0]}):")
+            self.line(indent + 2, f"{dest}[dl_i, dl_j] = {ins[0]}[dl_i] * {ins[1]}[dl_j]")
+        elif op == "matmul":
+            dest = self.array_for(out, target, indent)
+            a, b = ins
+            if len(shapes[0]) == 2 and len(shapes[1]) == 1:  # matrix @ vector
+                (n, m), i_, term, put = shapes[0], "", f"{a}[dl_i, dl_k] * {b}[dl_k]", f"{dest}[dl_i]"
+                self.line(indent, f"for dl_i in range({n}):")
+            elif len(shapes[0]) == 1:  # vector @ matrix
+                (m, n), term, put = shapes[1], f"{a}[dl_k] * {b}[dl_k, dl_i]", f"{dest}[dl_i]"
+                self.line(indent, f"for dl_i in range({n}):")
+            else:  # matrix @ matrix
+                (n, m), k = shapes[0], shapes[1][1]
+                term, put = f"{a}[dl_i, dl_k] * {b}[dl_k, dl_j]", f"{dest}[dl_i, dl_j]"
+                self.line(indent, f"for dl_i in range({n}):")
+                indent += 1
+                self.line(indent, f"for dl_j in range({k}):")
+            self.line(indent + 1, "dl_s = 0.0")
+            self.line(indent + 1, f"for dl_k in range({m}):")
+            self.line(indent + 2, f"dl_s += {term}")
+            self.line(indent + 1, f"{put} = dl_s")
+        else:
+            return False
+        if not self.in_reverse and e.loc is not None:
+            self.rendered.setdefault(e.loc, []).append(f"{target} = {op}({', '.join(ins)})")
+        return True
+
+    def array_for(self, out: Var, target: str, indent: int) -> str:
+        """The array a computed value is written into: its buffer, or a new one."""
+        buffer = self.buffers.get(out.id)
+        if buffer is not None:
+            self.line(indent, f"{target} = {buffer}")
+            return buffer
+        self.line(indent, f"{target} = dl_np.empty({out.type.shape})")
+        return target
+
     def expression(self, e: Eqn, ins: list[str], target: str, indent: int) -> str | None:
         op, out = e.op, e.outs[0]
-        is_array = any(a.type.shape for a in e.ins) or bool(out.type.shape)
-        kinds = "".join("a" if a.type.shape else "s" for a in e.ins)
-        buffer = self.buffers.get(out.id)
-        if buffer is not None:  # write into the kernel's buffer for this value: no allocation
-            self.line(indent, _into_call(e, kinds, buffer, ins))
-            return buffer
-        if is_array and (op in _ELEMENTWISE_UNARY or op in _ELEMENTWISE_BINARY or op == "clamp"):
-            self.line(indent, f"{target} = dl_np.empty({out.type.shape})")
-            if op == "clamp":  # min(max(x, lo), hi), the second step in place
-                self.line(indent, f"dl_rt.ew_max_{kinds[:2]}_into({target}, {ins[0]}, {ins[1]})")
-                self.line(indent, f"dl_rt.ew_min_a{kinds[2]}_into({target}, {target}, {ins[2]})")
-            else:
-                self.line(indent, _into_call(e, kinds, target, ins))
-            return None
         if op in _UNARY and len(ins) == 1:
             return _UNARY[op].format(*ins)
         if op in _BINARY:
             return _BINARY[op].format(*ins)
         if op == "clamp":
             return f"dl_rt.clamp({ins[0]}, {ins[1]}, {ins[2]})"
-        if op == "matmul":
-            key = (len(e.ins[0].type.shape), len(e.ins[1].type.shape))
-            return _MATMUL[key].format(*ins)
-        if op == "mean":
-            return f"dl_rt.total({ins[0]}) / {float(_size(e.ins[0].type))!r}"
         if op in ("zeros", "broadcast"):
             shape = "(" + ", ".join(str(n) for n in out.type.shape) + ",)"
             return f"dl_np.zeros({shape})" if op == "zeros" else f"dl_np.full({shape}, {ins[0]})"
@@ -335,6 +389,23 @@ class _Writer:
             return None
         raise NotImplementedError(f"no code generation for op {op}")
 
+    def accumulate(self, indent: int, g: str, e: Eqn) -> None:
+        """g += e's value, an array product, written as a loop in the kernel (LLVM keeps a
+        loop over a kernel-local array tight; through a helper call it does not)."""
+        x, y = (self.atom(a) for a in e.ins)
+        if e.op == "outer":
+            n, m = e.ins[0].type.shape[0], e.ins[1].type.shape[0]
+            self.line(indent, f"for dl_i in range({n}):")
+            self.line(indent + 1, f"for dl_j in range({m}):")
+            self.line(indent + 2, f"{g}[dl_i, dl_j] += {x}[dl_i] * {y}[dl_j]")
+            return
+        flat = len(e.outs[0].type.shape) > 1
+        at = ".flat[dl_i]" if flat else "[dl_i]"
+        xs = x + at if e.ins[0].type.shape else x
+        ys = y + at if e.ins[1].type.shape else y
+        self.line(indent, f"for dl_i in range({_size(e.outs[0].type)}):")
+        self.line(indent + 1, f"{g}{at} += {xs} * {ys}")
+
     def pop(self, v: Var, indent: int) -> None:
         name = self.n.define(v)
         t = v.type
@@ -342,7 +413,7 @@ class _Writer:
             size = _size(t)
             shape = "(" + ", ".join(map(str, t.shape)) + ",)"
             self.line(indent, f"dl_fp -= {size}")
-            self.line(indent, f"{name} = dl_ftape[dl_fp:dl_fp + {size}].copy().reshape({shape})")
+            self.line(indent, f"{name} = dl_rt.tape_take(dl_np.empty({shape}), dl_ftape, dl_fp)")
         elif t == F64:
             self.line(indent, "dl_fp -= 1")
             self.line(indent, f"{name} = dl_ftape[dl_fp]")
@@ -352,31 +423,12 @@ class _Writer:
             self.line(indent, f"{name} = {value}")
 
 
-def _into_call(e: Eqn, kinds: str, buffer: str, ins: list[str]) -> str:
-    """The runtime call that computes equation e into `buffer` (see _BUFFERED)."""
-    op = e.op
-    if op in _ELEMENTWISE_UNARY:
-        return f"dl_rt.ew_{op}_into({buffer}, {ins[0]})"
-    if op in _ELEMENTWISE_BINARY:
-        return f"dl_rt.ew_{op}_{kinds}_into({buffer}, {ins[0]}, {ins[1]})"
-    if op == "matmul":
-        name = {(2, 1): "matvec", (1, 2): "vecmat", (2, 2): "matmat"}[(len(e.ins[0].type.shape),
-                                                                     len(e.ins[1].type.shape))]
-        return f"dl_rt.{name}_into({buffer}, {ins[0]}, {ins[1]})"
-    if op == "outer":
-        return f"dl_rt.outer_into({buffer}, {ins[0]}, {ins[1]})"
-    if op == "zeros":
-        return f"dl_rt.fill_into({buffer}, 0.0)"
-    return f"dl_rt.fill_into({buffer}, {ins[0]})"  # broadcast
-
-
 def _buffered(e) -> bool:
     """Array equations that can write into a preallocated buffer."""
     if not isinstance(e, Eqn) or not e.outs or not e.outs[0].type.shape:
         return False
-    if e.op in _ELEMENTWISE_UNARY or e.op in _ELEMENTWISE_BINARY or e.op in ("outer", "zeros", "broadcast"):
-        return True
-    return e.op == "matmul" and bool(e.outs[0].type.shape)
+    return (e.op in _ELEMENTWISE_UNARY or e.op in _ELEMENTWISE_BINARY
+            or e.op in ("outer", "zeros", "broadcast", "matmul", "clamp"))
 
 
 _NOT_HOISTED = {"push", "pop", "index", "setindex", "addindex"}  # tape ops; ops that check an index
@@ -399,7 +451,67 @@ def _split_row_invariant(body: Block, param_vars, reverse_from: int | None):
             rest.append(s)
     if reverse_from is not None and start is None:
         start = len(rest)
-    return hoisted, Block(body.params, tuple(rest), body.results), start
+    return hoisted, Block(body.params, tuple(rest), body.results), start, invariant
+
+
+_FUSED_SUMS = {"mul", "outer"}  # row terms of an array gradient added up in place (accumulate)
+
+
+def _split_grad_sums(body: Block, grad_results, invariant: set[int], start: int):
+    """A param's gradient per row is often a sum of a term that varies by row and one that does
+    not (the adjoint of a penalty on params: a ridge term). The row loop adds up only the
+    varying terms; each invariant term is added once after it, times the number of rows.
+    Gives (the body without the additions this makes dead, per grad: the row terms and the
+    invariant terms)."""
+    uses: dict[int, int] = {}
+
+    def use(a) -> None:
+        if isinstance(a, Var):
+            uses[a.id] = uses.get(a.id, 0) + 1
+
+    for s in walk(body):
+        if isinstance(s, Eqn):
+            for a in s.ins:
+                use(a)
+        elif isinstance(s, IfElse):
+            use(s.cond)
+        elif isinstance(s, ForLoop):
+            use(s.lo)
+            use(s.hi)
+        if not isinstance(s, Eqn):
+            for a in getattr(s, "inits", ()):
+                use(a)
+            for b in blocks_of(s):
+                for a in b.results:
+                    use(a)
+    for a in body.results:
+        use(a)
+    defined = {e.outs[0].id: (k, e) for k, e in enumerate(body.eqns)
+               if k >= start and isinstance(e, Eqn) and len(e.outs) == 1}
+    dead: set[int] = set()
+
+    def terms(a, rows: list, fixed: list) -> None:
+        k, e = defined.get(a.id, (None, None)) if isinstance(a, Var) and uses.get(a.id) == 1 else (None, None)
+        if isinstance(a, Lit) or a.id in invariant:
+            fixed.append(a)
+        elif e is not None and e.op == "add" and all(x.type == a.type for x in e.ins):
+            dead.add(k)
+            for x in e.ins:
+                terms(x, rows, fixed)
+        elif e is not None and a.type.shape and e.op in _FUSED_SUMS:
+            dead.add(k)  # e.g. g += b * x: added up without an array in between
+            rows.append(e)
+        else:
+            rows.append(a)
+
+    split = []
+    for r in grad_results:
+        rows: list = []
+        fixed: list = []
+        terms(r, rows, fixed)
+        split.append((rows, fixed))
+    eqns = tuple(e for k, e in enumerate(body.eqns) if k not in dead)
+    return Block(body.params, eqns, body.results), split
 
 
 FAULT_KINDS = {"index": 1, "while": 2}
@@ -470,7 +582,10 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
     param_vars = program.body.params[len(program.data):]
     params = [namer.define(v) for v in param_vars]
     grads = [namer.unique("dl_g") for _ in param_vars]
-    hoisted, row_body, reverse_from = _split_row_invariant(program.body, param_vars, reverse_from)
+    hoisted, row_body, reverse_from, invariant = _split_row_invariant(program.body, param_vars, reverse_from)
+    grad_results = program.body.results[1 + len(program.outputs):]
+    if adjoint:
+        row_body, grad_terms = _split_grad_sums(row_body, grad_results, invariant, reverse_from)
     w.reverse_from = reverse_from
     chunks = adjoint and parallel
     if chunks:
@@ -517,7 +632,8 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
     for (col, width), v in zip(_data_layout(program), data_vars):
         cell = f"dl_data[dl_r, {col}:{col + width}]" if v.type.shape else f"dl_data[dl_r, {col}]"
         w.line(body, f"{namer.define(v)} = {cell}")
-    if adjoint:
+    w.taped = any(isinstance(s, Eqn) and s.op == "push" for s in walk(row_body))
+    if adjoint and w.taped:
         w.line(body, "while True:  # once, or again with a larger tape if this row's did not fit")
         w.line(body + 1, "dl_fp = 0")
         w.line(body + 1, "dl_ip = 0")
@@ -526,11 +642,27 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
         w.line(body + 1, "break")
     else:
         w.block(row_body, body, top=True)
-    results = [w.atom(r) for r in program.body.results]
+    results = [w.atom(r) for r in program.body.results[:1 + len(program.outputs)]]
     if adjoint:
         w.line(body, f"dl_loss += {results[0]}")
-        for g, r in zip(grads, results[1 + len(program.outputs):]):
-            w.line(body, f"{g} += {r}")
+        for g, (rows, _) in zip(grads, grad_terms):
+            for r in rows:
+                if isinstance(r, Eqn):
+                    w.accumulate(body, g, r)
+                elif r.type.shape:
+                    at = "[dl_i]" if len(r.type.shape) == 1 else ".flat[dl_i]"
+                    w.line(body, f"for dl_i in range({_size(r.type)}):")
+                    w.line(body + 1, f"{g}{at} += {w.atom(r)}{at}")
+                else:
+                    w.line(body, f"{g} += {w.atom(r)}")
+        if any(fixed for _, fixed in grad_terms):
+            w.line(depth, "# the terms that are the same for every row, once for all rows")
+            count = ("((dl_c + 1) * dl_n // dl_nchunks - dl_c * dl_n // dl_nchunks)" if chunks
+                     else "dl_data.shape[0]")
+            w.line(depth, f"dl_rows = float({count})")
+            for g, (_, fixed) in zip(grads, grad_terms):
+                for r in fixed:
+                    w.line(depth, f"{g} += dl_rows * {w.atom(r)}")
     if chunks:
         w.line(2, "dl_closs[dl_c] = dl_loss")
         w.line(2, "dl_cwords[dl_c] = dl_tape_words")
@@ -550,7 +682,7 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
         for r in program.body.results[1:1 + len(program.outputs)]:
             if r.type.shape:
                 size = _size(r.type)
-                w.line(2, f"dl_outs[dl_r, {col}:{col + size}] = {w.atom(r)}.ravel()")
+                w.line(2, f"dl_rt.put_row(dl_outs, dl_r, {col}, {w.atom(r)})")
                 col += size
             else:
                 w.line(2, f"dl_outs[dl_r, {col}] = {w.atom(r)}")

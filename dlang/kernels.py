@@ -2,6 +2,7 @@
 imported, and compiled by Numba (which caches its machine code beside the file)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
@@ -167,13 +168,23 @@ class _FaultReport:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def _runtime_digest() -> str:
+    """A hash of dlang/runtime.py: Numba's cache of a kernel holds the runtime helpers compiled
+    into it, so a kernel compiled against another runtime must not be reused."""
+    from . import runtime
+
+    return hashlib.sha256(Path(runtime.__file__).read_bytes()).hexdigest()
+
+
 def compile_kernels(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> Kernels:
     """Generate, cache and load the kernels of a program."""
     adjoint = reverse_ad(program)
     source = generate(program, adjoint, max_iterations)
     import numba
 
-    key = hashlib.sha256("\n".join([source, __version__, numba.__version__]).encode()).hexdigest()[:32]
+    key = hashlib.sha256("\n".join([source, __version__, numba.__version__, _runtime_digest()]).encode()
+                         ).hexdigest()[:32]
     path = cache_dir() / "kernels" / f"k_{key}.py"
     _write_once(path, source)
     name = f"dlang_kernel_{key}"
