@@ -164,8 +164,10 @@ class _Writer:
 
         A full tape is never grown here: reassigning the tape array inside a loop costs
         reference counting at every step (4x slower on the projectile). Instead the row notes
-        the overflow, skips the stores, and is run again with a larger tape before its reverse
-        sweep starts (see start_reverse)."""
+        the overflow and goes on writing from the start of the tape (what it writes is thrown
+        away), and is run again with a larger tape before its reverse sweep starts (see
+        start_reverse). The stores are unconditional, which keeps the loop tight; every tape
+        holds at least the largest group (see tape_floor)."""
         if not pushes:
             return
         floats, ints = _push_words(pushes)
@@ -173,21 +175,25 @@ class _Writer:
                   (("dl_ftape", "dl_fp", floats), ("dl_itape", "dl_ip", ints)) if need]
         self.line(indent, f"if {' or '.join(checks)}:")
         self.line(indent + 1, "dl_over = True")
-        self.line(indent, "else:")
-        indent += 1
+        self.line(indent + 1, "dl_fp = 0")
+        self.line(indent + 1, "dl_ip = 0")
+        foff = ioff = 0
         for e in pushes:
             a = e.ins[0]
             name = self.atom(a)
             if a.type.shape:
-                size = _size(a.type)
-                self.line(indent, f"dl_rt.tape_put(dl_ftape, dl_fp, {name})")
-                self.line(indent, f"dl_fp += {size}")
+                self.line(indent, f"dl_rt.tape_put(dl_ftape, dl_fp + {foff}, {name})")
+                foff += _size(a.type)
             elif a.type == F64:
-                self.line(indent, f"dl_ftape[dl_fp] = {name}")
-                self.line(indent, "dl_fp += 1")
+                self.line(indent, f"dl_ftape[dl_fp + {foff}] = {name}" if foff else f"dl_ftape[dl_fp] = {name}")
+                foff += 1
             else:
-                self.line(indent, f"dl_itape[dl_ip] = {name}")
-                self.line(indent, "dl_ip += 1")
+                self.line(indent, f"dl_itape[dl_ip + {ioff}] = {name}" if ioff else f"dl_itape[dl_ip] = {name}")
+                ioff += 1
+        if foff:
+            self.line(indent, f"dl_fp += {foff}")
+        if ioff:
+            self.line(indent, f"dl_ip += {ioff}")
 
     def comment_for(self, loc, indent: int) -> None:
         if not (self.in_reverse and self.comments) or loc is None or loc == self.last_comment_loc:
@@ -526,6 +532,13 @@ def decode_fault(code: int) -> tuple[str, int, int]:
     return kind, (code // 10**6) % 10**6, code % 10**6
 
 
+def tape_floor(body: Block) -> tuple[int, int]:
+    """Float and int words every tape must hold: all the pushes in the program at once, at
+    least as many as its largest push group (see Writer.push_group)."""
+    floats, ints = _push_words([s for s in walk(body) if isinstance(s, Eqn) and s.op == "push"])
+    return max(floats, 16), max(ints, 16)
+
+
 def _push_words(pushes) -> tuple[int, int]:
     """Float and int tape words a list of push equations writes."""
     floats = sum(_size(e.ins[0].type) if e.ins[0].type.shape else 1 for e in pushes if e.ins[0].type.kind == "f64")
@@ -603,13 +616,19 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
             w.eqn(e, 1)
         w.comments = True
     depth = 1
+    w.taped = any(isinstance(s, Eqn) and s.op == "push" for s in walk(row_body))
+    floor_f, floor_i = tape_floor(row_body)
     if chunks:
         w.line(1, "dl_n = dl_data.shape[0]")
         w.line(1, "for dl_c in dl_prange(dl_nchunks):")
-        w.line(2, "dl_ftape = dl_np.empty(4096)")
-        w.line(2, "dl_itape = dl_np.empty(1024, dl_np.int64)")
+        w.line(2, f"dl_ftape = dl_np.empty({max(4096, floor_f)})")
+        w.line(2, f"dl_itape = dl_np.empty({max(1024, floor_i)}, dl_np.int64)")
         w.line(2, "dl_fault = 0")
         depth = 2
+    elif adjoint and w.taped:  # a push group writes before it checks: the tape must hold one
+        w.line(1, f"if dl_ftape.shape[0] < {floor_f} or dl_itape.shape[0] < {floor_i}:")
+        w.line(2, f"dl_ftape = dl_rt.grown(dl_ftape, {floor_f})")
+        w.line(2, f"dl_itape = dl_rt.grown(dl_itape, {floor_i})")
     for e in row_body.eqns:  # top-level array values: one buffer each, reused by every row
         if _buffered(e) and (chunks or not parallel):  # (a prange over rows would share them)
             buffer = namer.unique("dl_buf")
@@ -632,7 +651,6 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
     for (col, width), v in zip(_data_layout(program), data_vars):
         cell = f"dl_data[dl_r, {col}:{col + width}]" if v.type.shape else f"dl_data[dl_r, {col}]"
         w.line(body, f"{namer.define(v)} = {cell}")
-    w.taped = any(isinstance(s, Eqn) and s.op == "push" for s in walk(row_body))
     if adjoint and w.taped:
         w.line(body, "while True:  # once, or again with a larger tape if this row's did not fit")
         w.line(body + 1, "dl_fp = 0")

@@ -314,6 +314,31 @@ def test_tape_grows_for_long_while_loops():
     assert grads["r"] == pytest.approx(200000 * 0.99999 ** 199999, rel=1e-9)
 
 
+
+def test_tapes_grow_between_rows_serial_and_parallel():
+    """Rows of very different tape lengths, a long one after short ones, so the tape overflows
+    and grows in the middle of a run (the overflowing row is run again); serial and chunked."""
+    from dlang.kernels import PARALLEL_MIN_ROWS
+
+    prog = compile_source("data n, x\nparam r = 0.999\nparam c = 0.001\nv = x\nk = 0.0\n"
+                          "while k < n {\n v = v * r + c * sin(v)\n k += 1.0\n}\nloss v^2\n", "grow.dl")
+    kernels = compile_kernels(prog)
+    params = {"r": 0.999, "c": 0.001}
+    few = np.array([[0.0, 1.0], [10.0, 0.5], [3000.0, -1.2], [2.0, 0.3], [9000.0, 2.0], [7.0, -0.4]])
+    loss, grads = kernels.grad(few, params)
+    assert loss == pytest.approx(kernels.loss(few, params), rel=1e-13)
+    assert_grads_close(grads, richardson_fd(lambda q: kernels.loss(few, q), params, step=1e-6),
+                       rel=1e-6, what="growing tape")
+    many = np.concatenate([few[[0, 1, 3, 5]]] * (PARALLEL_MIN_ROWS // 4) + [few])  # long rows last
+    ploss, pgrads = kernels.grad(many, params)
+    assert ploss == pytest.approx(kernels.loss(many, params), rel=1e-12)
+    n_short = len(many) - len(few)
+    short_loss, short_grads = kernels.grad(few[[0, 1, 3, 5]], params)
+    for k in grads:
+        expected = (short_grads[k] * n_short + grads[k] * len(few)) / len(many)
+        assert pgrads[k] == pytest.approx(expected, rel=1e-10)
+
+
 # ---- hygiene of the generated code -----------------------------------------------------------------
 
 PYTHONIC_NAMES = """
