@@ -200,8 +200,10 @@ class _Writer:
             return
         self.last_comment_loc = loc
         primal = self.rendered.get(loc)
-        if primal:
-            self.line(indent, f"# grad of: {'; '.join(primal)}  (line {loc[0]})")
+        if primal:  # a line inlined many times (a fn body) shows its first few forms
+            more = f"; ... {len(primal) - 3} more" if len(primal) > 4 else ""
+            shown = primal if len(primal) <= 4 else primal[:3]
+            self.line(indent, f"# grad of: {'; '.join(shown)}{more}  (line {loc[0]})")
 
     def stmt(self, s, indent: int) -> None:
         if isinstance(s, Eqn):

@@ -421,6 +421,25 @@ def test_no_user_text_but_identifiers_reaches_the_generated_source():
     assert re.search(r"^\s+y = \w+ \+ 7(\.0)?$", source, re.M), "the --const value reaches the code as our number"
 
 
+def _chain_program(k: int, steps: int = 100) -> str:
+    lines = ["data x", "param w[3] = 0.5", "param a = 0.2", "fn f(u, v) {", "    return u * tanh(v) + w @ w", "}",
+             "z = x"]
+    for i in range(k):
+        lines += [f"for i{i} in 0..{steps} {{", f"    if z > {i}.5 {{ z = f(z, a) }} else {{ z = z * a + sin(z) }}", "}"]
+    lines.append("loss z^2")
+    return "\n".join(lines) + "\n"
+
+
+def test_generated_source_grows_linearly_and_loops_are_not_unrolled():
+    def size(k, steps=100):
+        prog = compile_source(_chain_program(k, steps), "chain.dl")
+        return len(generate(prog, reverse_ad(prog)))
+
+    s10, s20, s40 = size(10), size(20), size(40)
+    assert 1.6 < s40 / s20 < 2.2 and 1.6 < s20 / s10 < 2.2, (s10, s20, s40)
+    assert size(10, steps=99999) == size(10, steps=10000)  # the trip count is a number, not copies
+
+
 def test_generated_source_is_readable():
     prog = load_program(str(PROGRAMS / "projectile.dl"))
     source = generate(prog, reverse_ad(prog))
