@@ -579,7 +579,7 @@ def output_width(program: Program) -> int:
 
 
 def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
-              reverse_from: int | None, parallel: bool = False) -> list[str]:
+              reverse_from: int | None, parallel: bool = False, threads: bool = True) -> list[str]:
     """A kernel over all rows, the body written out inside the row loop (one function per
     kernel: a call from one njit function to another recompiles the callee into the caller).
 
@@ -604,12 +604,12 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
     w.reverse_from = reverse_from
     chunks = adjoint and parallel
     if chunks:
-        extra = ["dl_nchunks", "dl_closs", "dl_cwords"] + [f"dl_c{g}" for g in grads]
+        extra = ["dl_nchunks", "dl_tapes", "dl_closs", "dl_cwords"] + [f"dl_c{g}" for g in grads]
     else:
         extra = ["dl_ftape", "dl_itape"] if adjoint else ["dl_losses", "dl_outs"]
     if parallel:
         extra.append("dl_faults")  # per chunk (adjoint) or per row (forward): 0, or a fault code
-    jit = _JIT.replace(")", ", parallel=True)") if parallel else _JIT
+    jit = _JIT.replace(")", ", parallel=True)") if parallel and threads else _JIT
     lines = [jit, f"def {name}({', '.join(['dl_data'] + params + extra)}):"]
     if hoisted:
         w.line(1, "# the same for every row (params and constants only): computed once")
@@ -622,9 +622,11 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
     floor_f, floor_i = tape_floor(row_body)
     if chunks:
         w.line(1, "dl_n = dl_data.shape[0]")
-        w.line(1, "for dl_c in dl_prange(dl_nchunks):")
-        w.line(2, f"dl_ftape = dl_np.empty({max(4096, floor_f)})")
-        w.line(2, f"dl_itape = dl_np.empty({max(1024, floor_i)}, dl_np.int64)")
+        w.line(1, f"for dl_c in {'dl_prange' if threads else 'range'}(dl_nchunks):")
+        # each chunk's tapes start at the size the caller asks (the largest any chunk needed
+        # last time: dl_tapes[0, :]); each chunk reports the size it ended with (dl_tapes[1 + c])
+        w.line(2, f"dl_ftape = dl_np.empty(max(dl_tapes[0, 0], {floor_f}))")
+        w.line(2, f"dl_itape = dl_np.empty(max(dl_tapes[0, 1], {floor_i}), dl_np.int64)")
         w.line(2, "dl_fault = 0")
         depth = 2
     elif adjoint and w.taped:  # a push group writes before it checks: the tape must hold one
@@ -687,9 +689,21 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
         w.line(2, "dl_closs[dl_c] = dl_loss")
         w.line(2, "dl_cwords[dl_c] = dl_tape_words")
         w.line(2, "dl_faults[dl_c] = dl_fault")
+        w.line(2, "dl_tapes[1 + dl_c, 0] = dl_ftape.shape[0]")
+        w.line(2, "dl_tapes[1 + dl_c, 1] = dl_itape.shape[0]")
         for g in grads:
             w.line(2, f"dl_c{g}[dl_c] = {g}")
-        w.line(1, "return 0")
+        w.line(1, "# the chunks' sums added in chunk order: the same bits whatever the threads")
+        w.line(1, "dl_loss = 0.0")
+        w.line(1, "dl_tape_words = 0")
+        for g, v in zip(grads, param_vars):
+            w.line(1, f"{g} = " + (f"dl_np.zeros({v.type.shape})" if v.type.shape else "0.0"))
+        w.line(1, "for dl_c in range(dl_nchunks):")
+        w.line(2, "dl_loss += dl_closs[dl_c]")
+        w.line(2, "dl_tape_words += dl_cwords[dl_c]")
+        for g in grads:
+            w.line(2, f"{g} += dl_c{g}[dl_c]")
+        w.line(1, f"return (dl_loss / dl_n, {''.join(g + ' / dl_n, ' for g in grads)}dl_tape_words)")
     elif adjoint:
         w.line(1, "dl_n = dl_data.shape[0]")
         w.line(1, f"return (dl_loss / dl_n, {''.join(g + ' / dl_n, ' for g in grads)}dl_tape_words, "
@@ -731,4 +745,7 @@ def generate(program: Program, adjoint: Program, max_iterations: int = DEFAULT_M
     out += _row_loop("dl_forward_rows_par", program, max_iterations, False, None, parallel=True)
     out += [""]
     out += _row_loop("dl_grad_chunks", adjoint, max_iterations, True, len(program.body.eqns), parallel=True)
+    out += ["", "", "# ---- the chunked adjoint on one thread: the same sums in the same order, no thread pool ----"]
+    out += _row_loop("dl_grad_chunks_serial", adjoint, max_iterations, True, len(program.body.eqns),
+                     parallel=True, threads=False)
     return "\n".join(out) + "\n"

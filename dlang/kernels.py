@@ -54,6 +54,7 @@ class Kernels:
     module: object
     max_iterations: int = DEFAULT_MAX_ITERATIONS
     _tapes: tuple | None = None
+    _chunk_tapes: tuple = (256, 64)  # float and int words each chunk's tapes start with
     tape_bytes_per_row: float = 0.0  # of the last grad call: 8 bytes per value taped, mean over rows
 
     def _param_args(self, params: dict) -> list:
@@ -69,7 +70,7 @@ class Kernels:
         losses = np.empty(n)
         outs = np.empty((n, output_width(self.program)))
         with self._faults(data, params) as faults:
-            if n < PARALLEL_MIN_ROWS:
+            if n < PARALLEL_MIN_ROWS or _threads() == 1:  # each row's own: no order to keep
                 return self.module.dl_forward_rows(data, *self._param_args(params), losses, outs)
             codes = np.zeros(n, np.int64)
             self.module.dl_forward_rows_par(data, *self._param_args(params), losses, outs, codes)
@@ -99,24 +100,25 @@ class Kernels:
         closs, cwords = np.zeros(k), np.zeros(k, np.int64)
         cgrads = [np.zeros((k, *p.type.shape)) for p in self.program.params]
         codes = np.zeros(k, np.int64)
+        tapes = np.zeros((k + 1, 2), np.int64)
+        tapes[0] = self._chunk_tapes  # the tape sizes the chunks needed last time
         with self._faults(data, params) as faults:
-            self.module.dl_grad_chunks(data, *self._param_args(params), k, closs, cwords, *cgrads, codes)
+            kernel = self.module.dl_grad_chunks if _threads() > 1 else self.module.dl_grad_chunks_serial
+            loss, *grads, words = kernel(data, *self._param_args(params), k, tapes, closs, cwords, *cgrads, codes)
             faults.check(codes)
-        n = data.shape[0]
-        self.tape_bytes_per_row = 8.0 * float(cwords.sum()) / n
-        grads = {}
-        for p, c in zip(self.program.params, cgrads):
-            total = c[0].copy()
-            for j in range(1, k):
-                total += c[j]
-            grads[p.name] = total / n if p.type.shape else float(total) / n
-        loss = 0.0
-        for j in range(k):
-            loss += closs[j]
-        return loss / n, grads
+        self._chunk_tapes = tapes[1:].max(axis=0)
+        self.tape_bytes_per_row = 8.0 * float(words) / data.shape[0]
+        return float(loss), {p.name: (g if p.type.shape else float(g)) for p, g in zip(self.program.params, grads)}
 
     def _faults(self, data, params):
         return _FaultReport(self, data, params)
+
+
+def _threads() -> int:
+    """Numba's thread count now: with one, the chunked kernels run without the thread pool."""
+    import numba
+
+    return numba.get_num_threads()
 
 
 class _FaultReport:
