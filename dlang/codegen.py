@@ -122,6 +122,7 @@ class _Writer:
         # dl_fault (kind * 10**12 + line * 10**6 + column) and the code goes on safely instead.
         self.flag_faults = False
         self.taped = True  # whether the program pushes anything (else no tape retry loop)
+        self.recips: dict[int, str] = {}  # var id -> the name of its reciprocal, computed once
 
     def atom(self, a: Atom) -> str:
         return self.n[a] if isinstance(a, Var) else literal(a.value, a.type)
@@ -378,6 +379,8 @@ class _Writer:
         op, out = e.op, e.outs[0]
         if op in _UNARY and len(ins) == 1:
             return _UNARY[op].format(*ins)
+        if op == "div" and self.in_reverse and self.recips.get(getattr(e.ins[1], "id", None)):
+            return f"{ins[0]} * {self.recips[e.ins[1].id]}"  # an adjoint divided by a param: see _row_loop
         if op in _BINARY:
             return _BINARY[op].format(*ins)
         if op == "clamp":
@@ -534,6 +537,16 @@ def decode_fault(code: int) -> tuple[str, int, int]:
     return kind, (code // 10**6) % 10**6, code % 10**6
 
 
+def _reverse_divisors(body: Block, start: int, invariant: set[int]) -> list[Var]:
+    """Scalars the same for every row that the reverse sweep divides a scalar by."""
+    found: dict[int, Var] = {}
+    for s in walk(Block((), tuple(body.eqns[start:]), ())):
+        if (isinstance(s, Eqn) and s.op == "div" and isinstance(s.ins[1], Var) and s.ins[1].id in invariant
+                and not s.ins[1].type.shape and not s.ins[0].type.shape):
+            found.setdefault(s.ins[1].id, s.ins[1])
+    return list(found.values())
+
+
 def tape_floor(body: Block) -> tuple[int, int]:
     """Float and int words every tape must hold: all the pushes in the program at once, at
     least as many as its largest push group (see Writer.push_group)."""
@@ -617,6 +630,11 @@ def _row_loop(name: str, program: Program, max_iterations: int, adjoint: bool,
         for e in hoisted:
             w.eqn(e, 1)
         w.comments = True
+    if adjoint:  # the reverse sweep multiplies by 1 / p instead of dividing by a param p: a
+        # division is several times slower, and the last bit of an adjoint does not matter
+        for d in _reverse_divisors(row_body, reverse_from, invariant):
+            w.recips[d.id] = namer.unique("dl_inv")
+            w.line(1, f"{w.recips[d.id]} = 1.0 / {w.atom(d)}")
     depth = 1
     w.taped = any(isinstance(s, Eqn) and s.op == "push" for s in walk(row_body))
     floor_f, floor_i = tape_floor(row_body)
