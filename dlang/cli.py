@@ -10,6 +10,8 @@ import typer
 
 from .errors import DlangError
 
+DEFAULT_MAX_ITERATIONS = 100_000_000  # codegen.DEFAULT_MAX_ITERATIONS (not imported: check and emit stay light)
+
 app = typer.Typer(
     name="dlang",
     help="dlang: differentiable programs from the command line.",
@@ -36,6 +38,12 @@ class Stage(str, Enum):
 
 DataOpt = Annotated[Optional[str], typer.Option("--data", metavar="CSV",
                                                 help="CSV file with a header row; the program's data columns are read.")]
+DropOpt = Annotated[bool, typer.Option("--drop-bad-rows", help="Skip data rows with an empty, non-numeric or "
+                                                             "non-finite cell (or the wrong number of cells) "
+                                                             "and say how many, instead of stopping.")]
+MaxIterOpt = Annotated[int, typer.Option("--max-iterations", metavar="N",
+                                         help="Stop with an error when a while loop runs more than N times in "
+                                              "a row (compiled code cannot be interrupted).")]
 ParamsOpt = Annotated[Optional[str], typer.Option("--params", metavar="JSON",
                                                   help="Params file: a JSON object of param name -> number or nested lists.")]
 
@@ -94,11 +102,14 @@ def grad(
                                                          "exit 1 if they disagree.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
     const: ConstOpt = None,
+    drop_bad_rows: DropOpt = False,
+    max_iterations: MaxIterOpt = DEFAULT_MAX_ITERATIONS,
 ) -> None:
     """Print the loss (mean over the data rows) and d(loss)/d(param) for every param."""
     from . import commands, render
 
-    report = commands.grad(program, data, params, const, check)
+    report = commands.grad(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows), check)
+    _note(report.data_note)
     if json_out:
         typer.echo(render.grad_json(report))
     else:
@@ -136,6 +147,8 @@ def train(
                                             "over --patience epochs; 0 never stops early.")] = 1e-10,
     patience: Annotated[int, typer.Option(help="Epochs over which --tol is judged (adam and sgd).")] = 20,
     const: ConstOpt = None,
+    drop_bad_rows: DropOpt = False,
+    max_iterations: MaxIterOpt = DEFAULT_MAX_ITERATIONS,
 ) -> None:
     """Fit the params of PROGRAM to its data, with live progress; write the best params found."""
     import signal
@@ -144,6 +157,7 @@ def train(
     from .train import TrainOptions
 
     options = TrainOptions(optimizer.value, epochs, lr, batch_size, seed, tol, patience)
+    run_options = commands.RunOptions(const, max_iterations, drop_bad_rows)
     interrupted = {"count": 0}
 
     def on_sigint(signum, frame):  # stop between batches: a compiled kernel cannot be interrupted
@@ -154,8 +168,8 @@ def train(
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         with render.TrainProgress(json_out) as progress:
-            run = commands.train(program, data, init, const, options, out, history, progress.update,
-                                 lambda: interrupted["count"] > 0)
+            run = commands.train(program, data, init, run_options, options, out, history, progress.update,
+                                 lambda: interrupted["count"] > 0, _note)
     finally:
         signal.signal(signal.SIGINT, previous)
     render.show_trained(run, json_out)
@@ -172,11 +186,14 @@ def run(
     params: ParamsOpt = None,
     out: Annotated[Optional[str], typer.Option(metavar="CSV", help="Write the CSV here instead of stdout.")] = None,
     const: ConstOpt = None,
+    drop_bad_rows: DropOpt = False,
+    max_iterations: MaxIterOpt = DEFAULT_MAX_ITERATIONS,
 ) -> None:
     """Evaluate PROGRAM on every data row: each row's loss and outputs as CSV; the mean loss on stderr."""
     from . import commands, render
 
-    report = commands.run(program, data, params, const)
+    report = commands.run(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows))
+    _note(report.data_note)
     render.write_run(report, out)
 
 
@@ -190,17 +207,26 @@ def bench(
                                                          "Kernels run in parallel over rows from 2048 rows on.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
     const: ConstOpt = None,
+    drop_bad_rows: DropOpt = False,
+    max_iterations: MaxIterOpt = DEFAULT_MAX_ITERATIONS,
 ) -> None:
     """Measure PROGRAM: compile time cold and from cache, forward and gradient time over all rows."""
     import json
 
     from . import commands, render
 
-    report = commands.bench(program, data, params, const, repeat, threads)
+    report = commands.bench(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows),
+                            repeat, threads)
     if json_out:
         typer.echo(json.dumps(report.as_json()))
     else:
         render.show_bench(report)
+
+
+def _note(text: str | None) -> None:
+    """A line for the user on stderr (what --drop-bad-rows skipped, say)."""
+    if text:
+        typer.echo(text, err=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .codegen import DEFAULT_MAX_ITERATIONS
-from .data import load_data
+from .data import read_data
 from .errors import Diagnostic, InputError
 from .frontend import load_program
 from .gradcheck import Comparison, compare, finite_differences
@@ -22,16 +22,41 @@ class Prepared:
     kernels: Kernels
     data: np.ndarray
     params: dict
+    data_note: str | None = None  # what --drop-bad-rows skipped, for the CLI to print
+
+
+@dataclass
+class RunOptions:
+    """Options every command that runs a program takes."""
+
+    consts: list[str] | None = None
+    max_iterations: int = DEFAULT_MAX_ITERATIONS  # --max-iterations: the cap on a while loop's trips
+    drop_bad_rows: bool = False  # --drop-bad-rows: skip (and count) rows with a bad cell
+
+    def __post_init__(self):
+        if self.max_iterations < 1:
+            raise InputError(f"--max-iterations must be at least 1, not {self.max_iterations}")
+
+
+def _options(options: "RunOptions | list[str] | None") -> RunOptions:
+    return options if isinstance(options, RunOptions) else RunOptions(options)
+
+
+def load_inputs(program_path: str, data_path: str | None, options: RunOptions):
+    """The checked program and its data (and the note on skipped rows)."""
+    program = load_program(program_path, options.consts)
+    data = read_data(program, data_path, options.drop_bad_rows)
+    return program, data.matrix, data.note(data_path) if data_path else None
 
 
 def prepare(program_path: str, data_path: str | None, params_path: str | None,
-            consts: list[str] | None, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> Prepared:
+            options: "RunOptions | list[str] | None" = None) -> Prepared:
     """Load a program, its data and params, and its compiled kernels."""
-    program = load_program(program_path, consts)
-    data = load_data(program, data_path)
+    options = _options(options)
+    program, data, note = load_inputs(program_path, data_path, options)
     params = load_params(program, params_path)
-    kernels = compile_kernels(program, max_iterations)
-    return Prepared(program, kernels, data, params)
+    kernels = compile_kernels(program, options.max_iterations)
+    return Prepared(program, kernels, data, params, note)
 
 
 def require_loss(program: Program, command: str) -> None:
@@ -49,19 +74,20 @@ class GradReport:
     grads: dict
     rows: int
     check: Comparison | None = None
+    data_note: str | None = None
 
 
 def grad(program_path: str, data_path: str | None = None, params_path: str | None = None,
-         consts: list[str] | None = None, check: bool = False) -> GradReport:
+         options: "RunOptions | list[str] | None" = None, check: bool = False) -> GradReport:
     """The mean loss over the rows and its gradient; with check, finite differences beside it."""
-    p = prepare(program_path, data_path, params_path, consts)
+    p = prepare(program_path, data_path, params_path, options)
     require_loss(p.program, "grad")
     loss, grads = p.kernels.grad(p.data, p.params)
     comparison = None
     if check:
         fd = finite_differences(lambda q: p.kernels.loss(p.data, q), p.params)
         comparison = compare(grads, fd, loss)
-    return GradReport(p.program, loss, p.params, grads, p.data.shape[0], comparison)
+    return GradReport(p.program, loss, p.params, grads, p.data.shape[0], comparison, p.data_note)
 
 
 def default_out(program_path: str) -> str:
@@ -77,21 +103,23 @@ class TrainRun:
     out: str
 
 
-def train(program_path: str, data_path: str | None, init_path: str | None, consts: list[str] | None,
-          options, out_path: str | None, history_path: str | None, on_epoch=None,
-          should_stop=lambda: False) -> TrainRun:
+def train(program_path: str, data_path: str | None, init_path: str | None,
+          run_options: "RunOptions | list[str] | None", options, out_path: str | None, history_path: str | None,
+          on_epoch=None, should_stop=lambda: False, on_note=None) -> TrainRun:
     """Fit the params; write the best ones to out_path (atomically) however training ends."""
     from .train import Trainer
 
-    program = load_program(program_path, consts)
+    run_options = _options(run_options)
+    program, data, note = load_inputs(program_path, data_path, run_options)
     require_loss(program, "train")
-    data = load_data(program, data_path)
+    if note and on_note:
+        on_note(note)
     params = load_params(program, init_path, options.seed)
     out = out_path or default_out(program_path)
     _check_writable(out, "--out")
     if history_path:
         _check_writable(history_path, "--history")
-    kernels = compile_kernels(program)
+    kernels = compile_kernels(program, run_options.max_iterations)
     trainer = Trainer(kernels, data, params, options)
     try:
         result = trainer.run(on_epoch, should_stop)
@@ -101,7 +129,7 @@ def train(program_path: str, data_path: str | None, init_path: str | None, const
             write_params(out, best)
     if history_path:
         write_history(history_path, result.history)
-    return TrainRun(Prepared(program, kernels, data, params), result, out)
+    return TrainRun(Prepared(program, kernels, data, params, note), result, out)
 
 
 def _check_writable(path: str, option: str) -> None:
@@ -125,15 +153,16 @@ class RunReport:
     header: list[str]
     table: np.ndarray  # rows x (1 + output columns): loss, outputs
     mean_loss: float
+    data_note: str | None = None
 
 
 def run(program_path: str, data_path: str | None, params_path: str | None,
-        consts: list[str] | None) -> RunReport:
+        options: "RunOptions | list[str] | None" = None) -> RunReport:
     """Every row's loss and outputs."""
-    p = prepare(program_path, data_path, params_path, consts)
+    p = prepare(program_path, data_path, params_path, options)
     losses, outs = p.kernels.forward_rows(p.data, p.params)
     header = ["loss"] + output_columns(p.program)
-    return RunReport(header, np.column_stack([losses, outs]), float(np.mean(losses)))
+    return RunReport(header, np.column_stack([losses, outs]), float(np.mean(losses)), p.data_note)
 
 
 def output_columns(program: Program) -> list[str]:
@@ -172,20 +201,21 @@ _COMPILE_PROBE = """
 import sys, time
 from dlang.commands import prepare_inputs
 from dlang.kernels import compile_kernels
-program, data, params = prepare_inputs(*sys.argv[1:5])
+program, data, params, max_iterations = prepare_inputs(*sys.argv[1:7])
 start = time.perf_counter()
-kernels = compile_kernels(program)
+kernels = compile_kernels(program, max_iterations)
 kernels.loss(data, params)  # the kernels a first run on this data uses (serial or parallel)
 kernels.grad(data, params)
 print(time.perf_counter() - start)
 """
 
 
-def prepare_inputs(program_path, data_path, params_path, consts_text):
+def prepare_inputs(program_path, data_path, params_path, consts_text, max_iterations, drop_bad_rows):
     """For the compile probe: the program, its data and params, without compiling."""
-    consts = [c for c in consts_text.split("\\n") if c] if consts_text else None
-    program = load_program(program_path, consts)
-    return program, load_data(program, data_path or None), load_params(program, params_path or None)
+    consts = [c for c in consts_text.split("\n") if c] if consts_text else None
+    options = RunOptions(consts, int(max_iterations), drop_bad_rows == "1")
+    program, data, _ = load_inputs(program_path, data_path or None, options)
+    return program, data, load_params(program, params_path or None), options.max_iterations
 
 
 def _compile_seconds(args: list[str], env: dict) -> float:
@@ -199,8 +229,8 @@ def _compile_seconds(args: list[str], env: dict) -> float:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def bench(program_path: str, data_path: str | None, params_path: str | None, consts: list[str] | None,
-          repeat: int = 5, threads: int | None = None) -> BenchReport:
+def bench(program_path: str, data_path: str | None, params_path: str | None,
+          options: "RunOptions | list[str] | None" = None, repeat: int = 5, threads: int | None = None) -> BenchReport:
     """Compile time (cold and cached, each in a fresh process: compiling, or loading from the
     cache, the kernels this data needs and running each once) and the median time of the
     forward and the loss+gradient kernels over all rows, after a warm-up."""
@@ -220,12 +250,14 @@ def bench(program_path: str, data_path: str | None, params_path: str | None, con
         if threads > numba.config.NUMBA_NUM_THREADS:
             raise InputError(f"--threads {threads}: this machine runs at most {numba.config.NUMBA_NUM_THREADS}")
         numba.set_num_threads(threads)
-    p = prepare(program_path, data_path, params_path, consts)
+    options = _options(options)
+    p = prepare(program_path, data_path, params_path, options)
     used = numba.get_num_threads() if p.data.shape[0] >= PARALLEL_MIN_ROWS else 1
     with tempfile.TemporaryDirectory(prefix="dlang-bench-") as fresh:
         env = dict(os.environ, DLANG_CACHE_DIR=os.path.join(fresh, "kernels"),
                    NUMBA_CACHE_DIR=os.path.join(fresh, "numba"))
-        args = [program_path, data_path or "", params_path or "", "\n".join(consts or [])]
+        args = [program_path, data_path or "", params_path or "", "\n".join(options.consts or []),
+                str(options.max_iterations), "1" if options.drop_bad_rows else "0"]
         cold = _compile_seconds(args, env)
         cached = _compile_seconds(args, env)
     p.kernels.loss(p.data, p.params)  # warm-up

@@ -5,6 +5,7 @@ import csv
 import difflib
 import io
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -97,12 +98,36 @@ def _decode(path: str, raw: bytes) -> str:
         raise _error(path, f"this is not a UTF-8 text file (bad byte at offset {err.start})") from None
 
 
+@dataclass
+class DataFile:
+    """The data matrix, and the bad rows skipped to make it (only with drop_bad_rows)."""
+
+    matrix: np.ndarray
+    dropped: int = 0
+    total: int = 0  # data rows in the file, bad ones included
+    first_problem: str | None = None  # why the first skipped row was bad
+
+    def note(self, path: str) -> str | None:
+        """The line the CLI prints about skipped rows, or None."""
+        if not self.dropped:
+            return None
+        rows = f"{self.dropped:,} bad row{'s' * (self.dropped != 1)} of {self.total:,}"
+        return f"{path}: skipped {rows} (--drop-bad-rows); the first: {self.first_problem}"
+
+
 def load_data(program: Program, path: str | None) -> np.ndarray:
     """A rows x columns float matrix of the data the program reads, checked cell by cell."""
+    return read_data(program, path).matrix
+
+
+def read_data(program: Program, path: str | None, drop_bad_rows: bool = False) -> DataFile:
+    """The data the program reads. A bad row (a cell that is empty, not a number or not
+    finite, or too few or too many cells) is an error naming its row and column; with
+    drop_bad_rows it is skipped and counted instead."""
     if not program.data:
         if path is not None:
             read_text(path)  # a file the user named must at least exist
-        return np.zeros((1, 0))
+        return DataFile(np.zeros((1, 0)))
     if path is None:
         names = ", ".join(d.name for d in program.data)
         raise InputError(f"the program reads data ({names}); give a CSV file with --data")
@@ -110,8 +135,8 @@ def load_data(program: Program, path: str | None) -> np.ndarray:
     if len(raw) >= ARROW_MIN_BYTES:  # small files: the checked reader is quick, and importing Arrow is not
         fast = _read_with_arrow(program, path, raw)
         if fast is not None:
-            return fast
-    return _read_checked(program, path, _decode(path, raw))
+            return DataFile(fast, 0, fast.shape[0])
+    return _read_checked(program, path, _decode(path, raw), drop_bad_rows)
 
 
 def _read_with_arrow(program: Program, path: str, raw: bytes) -> np.ndarray | None:
@@ -162,7 +187,7 @@ def _read_with_arrow(program: Program, path: str, raw: bytes) -> np.ndarray | No
     return matrix
 
 
-def _read_checked(program: Program, path: str, text: str) -> np.ndarray:
+def _read_checked(program: Program, path: str, text: str, drop_bad_rows: bool = False) -> DataFile:
     """The careful path: Python's csv module, every cell checked, every problem named."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     table: list[list[str]] = []
@@ -184,40 +209,64 @@ def _read_checked(program: Program, path: str, text: str) -> np.ndarray:
     if not body:
         raise _error(path, "the file has a header but no data rows")
     width = len(header)
-    for r, row in enumerate(body):
-        if len(row) != width:
-            cells = f"{len(row)} cell{'s' * (len(row) != 1)}"
-            raise _error(path, f"row {r + 1} (line {lines[r]}) has {cells}, but the header has {width}",
-                         _cell_span(text, lines[r], min(len(row), width)), text)
+    if drop_bad_rows:
+        return _drop_bad_rows(path, header, cols, body, lines)
     matrix = np.empty((len(body), len(cols)))
+    good = all(len(row) == width for row in body)
     for j, c in enumerate(cols):
+        if not good:
+            break
         cells = [row[c] for row in body]
         try:
             matrix[:, j] = np.array(cells, dtype=np.float64)
-            if any("_" in cell for cell in cells):  # Python's float() reads 1_000; a CSV does not
-                raise ValueError
+            good = not any("_" in cell for cell in cells)  # Python's float() reads 1_000; a CSV does not
         except ValueError:
-            _raise_bad_cell(path, header[c], c, cells, lines, text)
-        bad = ~np.isfinite(matrix[:, j])
-        if bad.any():
-            r = int(np.argmax(bad))
-            raise _error(path, f"row {r + 1} (line {lines[r]}), column '{header[c]}': {cells[r].strip()!r} is "
-                               "not a finite number", _cell_span(text, lines[r], c), text)
-    return matrix
+            good = False
+        good = good and bool(np.all(np.isfinite(matrix[:, j])))
+    if not good:  # name the first bad row of the file
+        r, c, message = next(_row_problems(header, cols, body, lines))
+        span = _cell_span(text, lines[r], min(len(body[r]), width) if c is None else c)
+        raise _error(path, message, span, text)
+    return DataFile(matrix, 0, len(body))
 
 
-def _raise_bad_cell(path: str, column: str, c: int, cells: list[str], lines: list[int], text: str):
-    for r, cell in enumerate(cells):
-        value = cell.strip()
-        where = f"row {r + 1} (line {lines[r]}), column '{column}'"
-        span = _cell_span(text, lines[r], c)
-        if not value:
-            raise _error(path, f"{where}: the cell is empty", span, text)
-        try:
-            if "_" in value:
-                raise ValueError
-            float(value)
-        except ValueError:
-            shown = value if len(value) <= 40 else value[:37] + "..."
-            raise _error(path, f"{where}: {shown!r} is not a number", span, text) from None
-    raise _error(path, f"column '{column}' has a cell that is not a number")
+def _row_problems(header: list[str], cols: list[int], body: list[list[str]], lines: list[int]):
+    """(row, column or None, message) for each bad row, in file order."""
+    width = len(header)
+    for r, row in enumerate(body):
+        if len(row) != width:
+            cells = f"{len(row)} cell{'s' * (len(row) != 1)}"
+            yield r, None, f"row {r + 1} (line {lines[r]}) has {cells}, but the header has {width}"
+            continue
+        for c in cols:
+            why = _cell_problem(row[c])
+            if why:
+                yield r, c, f"row {r + 1} (line {lines[r]}), column '{header[c]}': {why}"
+                break
+
+
+def _cell_problem(cell: str) -> str | None:
+    """Why a cell is not a finite number, or None."""
+    value = cell.strip()
+    if not value:
+        return "the cell is empty"
+    shown = repr(value if len(value) <= 40 else value[:37] + "...")
+    try:
+        if "_" in value:
+            raise ValueError
+        number = float(value)
+    except ValueError:
+        return f"{shown} is not a number"
+    return None if np.isfinite(number) else f"{shown} is not a finite number"
+
+
+def _drop_bad_rows(path: str, header: list[str], cols: list[int], body: list[list[str]],
+                   lines: list[int]) -> DataFile:
+    """--drop-bad-rows: keep the rows whose cells the program reads are all finite numbers."""
+    problems = {r: message for r, _, message in _row_problems(header, cols, body, lines)}
+    kept = [[float(row[c]) for c in cols] for r, row in enumerate(body) if r not in problems]
+    first = next(iter(problems.values()), None)
+    if not kept:
+        raise _error(path, f"every one of the {len(body):,} data rows is bad, so none is left "
+                           f"(--drop-bad-rows); the first: {first}")
+    return DataFile(np.array(kept, dtype=np.float64).reshape(len(kept), len(cols)), len(problems), len(body), first)

@@ -393,6 +393,42 @@ def test_a_program_with_data_needs_data(run_cli, lin):
     _user_error(run_cli("grad", prog), "--data", "x, y")
 
 
+BAD_ROWS_CSV = ("x,y\n1,2\n,5\n2,3.5\nabc,1\n7,nan\n1,2,3\n-1,0.25\n9\n8,inf\n")  # 3 good rows, 6 bad
+
+
+@pytest.mark.parametrize("command", ["grad", "run", "train"])
+def test_drop_bad_rows_skips_and_counts_them(run_cli, lin, write_file, tmp_path, command):
+    prog, _ = lin
+    csv = write_file("bad_rows.csv", BAD_ROWS_CSV)
+    _user_error(run_cli(command, prog, "--data", csv), str(csv), "row 2 (line 3)", "'x'", "empty")
+    extra = {"grad": ["--json"], "run": [], "train": ["--epochs", "1", "--out", tmp_path / "p.json", "--json"]}
+    r = run_cli(command, prog, "--data", csv, "--drop-bad-rows", *extra[command])
+    assert r.code == 0, r.err
+    assert f"{csv}: skipped 6 bad rows of 9 (--drop-bad-rows)" in r.err
+    assert "the first: row 2 (line 3), column 'x': the cell is empty" in r.err
+    if command == "grad":  # the loss and gradient of the 3 good rows, exactly
+        loss, da, db = _lin_expected()
+        out = _strict_json(r.out)
+        assert out["loss"] == pytest.approx(loss, rel=1e-12)
+        assert out["grad"]["a"] == pytest.approx(da, rel=1e-12)
+        assert out["grad"]["b"] == pytest.approx(db, rel=1e-12)
+    elif command == "run":
+        assert len(r.out.strip().splitlines()) == 1 + 3  # header and the good rows
+
+
+def test_drop_bad_rows_with_no_good_row_left_is_an_error(run_cli, lin, write_file):
+    prog, _ = lin
+    csv = write_file("all_bad.csv", "x,y\nabc,1\n2,\n")
+    _user_error(run_cli("grad", prog, "--data", csv, "--drop-bad-rows"), str(csv),
+                "every one of the 2 data rows is bad", "row 1 (line 2), column 'x': 'abc' is not a number")
+
+
+def test_drop_bad_rows_with_clean_data_says_nothing(run_cli, lin):
+    prog, csv = lin
+    r = run_cli("grad", prog, "--data", csv, "--drop-bad-rows")
+    assert r.code == 0 and r.err == ""
+
+
 @pytest.mark.parametrize("content", [
     "\ufeffx,y\n1,2\n2,3.5\n-1,0.25\n",                 # UTF-8 byte-order mark
     '"x","y"\n1,2\n2,3.5\n-1,0.25\n',                   # quoted header names
@@ -598,4 +634,4 @@ def test_fast_and_checked_csv_readers_agree_bit_for_bit():
         raw = _read_bytes(str(csv))
         fast = _read_with_arrow(prog, str(csv), raw)
         assert fast is not None, f"the fast reader gave up on {csv}"
-        assert np.array_equal(fast, _read_checked(prog, str(csv), _decode(str(csv), raw)))
+        assert np.array_equal(fast, _read_checked(prog, str(csv), _decode(str(csv), raw)).matrix)
