@@ -114,7 +114,11 @@ class ConstEvaluator:
             if a is None or b is None:
                 return None
             if isinstance(a, int) and isinstance(b, int) and e.op in ("add", "sub", "mul"):
-                return {"add": a + b, "sub": a - b, "mul": a * b}[e.op]
+                value = {"add": a + b, "sub": a - b, "mul": a * b}[e.op]
+                if abs(value) > INT_MAX:  # checked here, so no int is ever too large for a float
+                    self.report(f"this int arithmetic overflows: the result {value} is too large for an int", e.span)
+                    return None
+                return value
             return math_scalar(e.op, [a, b])
         if isinstance(e, n.Call) and e.func in CONST_MATH:
             args = [self._eval(a, what) for a in e.args]

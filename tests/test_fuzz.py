@@ -255,3 +255,29 @@ def test_mutated_example_programs_never_crash_the_front_end(text):
         event("mutant compiles")
         deep_checks(prog)
 
+
+# ---- regressions: bugs the fuzzers found, each as its smallest input ----------------------------
+
+BIG = "9" * 40  # the longest int literal the parser keeps as written
+
+
+@pytest.mark.parametrize("source", [
+    f"const a = {' * '.join([BIG] * 9)} / 2\n",  # an int past float's range, then float arithmetic
+    f"const a = sin({' * '.join([BIG] * 9)})\n",
+    f"const a = atan2(1, {' * '.join([BIG] * 9)})\n",
+    f"x = zeros({' * '.join([BIG] * 9)} / 2)\n",
+])
+def test_const_int_arithmetic_past_float_range_is_a_plain_error(source):
+    """Was OverflowError: int too large to convert to float (dlang/consts.py)."""
+    with pytest.raises(ProgramError) as info:
+        compile_source(source, PATH)
+    check_error(info.value, source)
+    assert "overflows" in info.value.diagnostics[0].message
+
+
+def test_const_int_overflow_inside_an_expression_is_reported():
+    source = "const a = (9223372036854775807 + 1) - 1\n"
+    with pytest.raises(ProgramError) as info:
+        compile_source(source, PATH)
+    (d,) = info.value.diagnostics
+    assert "too large for an int" in d.message and (d.span.line, d.span.col) == (1, 12)
