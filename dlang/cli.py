@@ -114,6 +114,9 @@ def grad(
         typer.echo(render.grad_json(report))
     else:
         render.show_grad(report)
+    if report.non_finite is not None:  # the values are shown; then where the first NaN or inf came from
+        render.print_error(report.non_finite)
+        raise typer.Exit(1)
     if report.check and not report.check.passed:
         raise typer.Exit(1)
 
@@ -173,6 +176,8 @@ def train(
     finally:
         signal.signal(signal.SIGINT, previous)
     render.show_trained(run, json_out)
+    if run.result.origin is not None:
+        render.print_error(run.result.origin)
     if run.result.status == "interrupted":
         raise typer.Exit(130)
     if run.result.status == "non-finite":

@@ -8,11 +8,13 @@ import numpy as np
 
 from .codegen import DEFAULT_MAX_ITERATIONS
 from .data import read_data
-from .errors import Diagnostic, InputError
+from .diagnose import non_finite_origin
+from .errors import Diagnostic, DlangError, InputError
 from .frontend import load_program
 from .gradcheck import Comparison, compare, finite_differences
 from .ir import Program
 from .kernels import Kernels, compile_kernels
+from .limits import check_tape_fits
 from .params import load_params, write_params, write_text_atomically
 
 
@@ -75,6 +77,7 @@ class GradReport:
     rows: int
     check: Comparison | None = None
     data_note: str | None = None
+    non_finite: DlangError | None = None  # where a non-finite loss or gradient came from
 
 
 def grad(program_path: str, data_path: str | None = None, params_path: str | None = None,
@@ -82,12 +85,19 @@ def grad(program_path: str, data_path: str | None = None, params_path: str | Non
     """The mean loss over the rows and its gradient; with check, finite differences beside it."""
     p = prepare(program_path, data_path, params_path, options)
     require_loss(p.program, "grad")
+    check_tape_fits(p.kernels.adjoint, "grad")
     loss, grads = p.kernels.grad(p.data, p.params)
+    origin = None
+    bad = [name for name, g in grads.items() if not np.all(np.isfinite(g))]
+    if not np.isfinite(loss) or bad:
+        what = (f"the loss is {loss}" if not np.isfinite(loss)
+                else f"the gradient is not finite (d loss / d {', '.join(bad)})")
+        origin = non_finite_origin(p.kernels, p.data, p.params, what)
     comparison = None
     if check:
         fd = finite_differences(lambda q: p.kernels.loss(p.data, q), p.params)
         comparison = compare(grads, fd, loss)
-    return GradReport(p.program, loss, p.params, grads, p.data.shape[0], comparison, p.data_note)
+    return GradReport(p.program, loss, p.params, grads, p.data.shape[0], comparison, p.data_note, origin)
 
 
 def default_out(program_path: str) -> str:
@@ -120,6 +130,7 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
     if history_path:
         _check_writable(history_path, "--history")
     kernels = compile_kernels(program, run_options.max_iterations)
+    check_tape_fits(kernels.adjoint, "train")
     trainer = Trainer(kernels, data, params, options)
     try:
         result = trainer.run(on_epoch, should_stop)
@@ -129,6 +140,10 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
             write_params(out, best)
     if history_path:
         write_history(history_path, result.history)
+    if result.status == "non-finite" and trainer.bad_point is not None:
+        x, rows, what = trainer.bad_point
+        at = data if rows is None else data[rows]
+        result.origin = non_finite_origin(kernels, at, trainer.flat.unpack(x), what)
     return TrainRun(Prepared(program, kernels, data, params, note), result, out)
 
 
@@ -252,6 +267,7 @@ def bench(program_path: str, data_path: str | None, params_path: str | None,
         numba.set_num_threads(threads)
     options = _options(options)
     p = prepare(program_path, data_path, params_path, options)
+    check_tape_fits(p.kernels.adjoint, "bench")
     used = numba.get_num_threads() if p.data.shape[0] >= PARALLEL_MIN_ROWS else 1
     with tempfile.TemporaryDirectory(prefix="dlang-bench-") as fresh:
         env = dict(os.environ, DLANG_CACHE_DIR=os.path.join(fresh, "kernels"),

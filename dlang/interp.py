@@ -1,7 +1,9 @@
 """The reference interpreter: evaluates IR on one row in plain Python and NumPy.
 
-It is the oracle the tests hold compiled kernels to, and is never used to train: it walks
-the IR one equation at a time and is slow by design.
+It is the oracle the tests hold compiled kernels to, and is never used to compute a result
+for the user: it walks the IR one equation at a time and is slow by design. Outside tests it
+runs only on an error path, on one row, to find which equation made a kernel's first NaN or
+infinity (first_non_finite).
 """
 from __future__ import annotations
 
@@ -78,11 +80,52 @@ def program_loss(prog: Program, rows: list[dict] | None, params: dict | None = N
     return float(np.mean(losses))
 
 
+def first_non_finite(adjoint: Program, reverse_from: int, row: dict, params: dict,
+                     max_iterations: int = DEFAULT_MAX_ITERATIONS, budget: int = 5_000_000):
+    """Where a row's first NaN or infinity comes from: (the equation, whether it is in the
+    reverse pass, its value), None if every value is finite, or "too long" when the row takes
+    more than `budget` equations to run (a diagnosis after a kernel gave a non-finite result)."""
+    interp = _Interpreter(adjoint, max_iterations)
+    interp.watch = _Watch(reverse_from, budget)
+    inputs = [row[d.name] for d in adjoint.data] + [params[p.name] for p in adjoint.params]
+    try:
+        interp.block(adjoint.body, {}, inputs)
+    except _Found as found:
+        return found.args[0]
+    except _TooLong:
+        return "too long"
+    return None
+
+
+class _Found(Exception):
+    pass
+
+
+class _TooLong(Exception):
+    pass
+
+
+class _Watch:
+    """Stops the interpreter at the first equation whose value is not finite."""
+
+    def __init__(self, reverse_from: int, budget: int):
+        self.reverse_from, self.budget = reverse_from, budget
+        self.top_index = 0  # which top-level statement is running
+
+    def check(self, e: Eqn, value) -> None:
+        self.budget -= 1
+        if self.budget < 0:
+            raise _TooLong
+        if not np.all(np.isfinite(value)):
+            raise _Found((e, self.top_index >= self.reverse_from, value))
+
+
 class _Interpreter:
     def __init__(self, prog: Program, max_iterations: int):
         self.prog = prog
         self.max_iterations = max_iterations
         self.tape: list = []
+        self.watch: _Watch | None = None
 
     def fault(self, message: str, loc) -> RuntimeFault:
         span = Span(loc[0], loc[1], loc[0], loc[1] + 1) if loc else None
@@ -95,7 +138,10 @@ class _Interpreter:
         env = dict(env)
         for v, x in zip(b.params, args):
             env[v.id] = x
-        for s in b.eqns:
+        top = b is self.prog.body
+        for k, s in enumerate(b.eqns):
+            if top and self.watch:
+                self.watch.top_index = k
             if isinstance(s, Eqn) and s.op == "push":
                 x = self.value(s.ins[0], env)
                 self.tape.append(x.copy() if isinstance(x, np.ndarray) else x)
@@ -110,6 +156,8 @@ class _Interpreter:
                 except IndexOutOfRange as err:
                     raise self.fault(f"index {list(err.index)} is out of range for an array of shape "
                                      f"{list(err.shape)}", s.loc) from None
+                if self.watch and s.outs[0].type.kind == "f64":
+                    self.watch.check(s, env[s.outs[0].id])
                 continue
             if isinstance(s, ForLoop):
                 carried = [self.value(a, env) for a in s.inits]

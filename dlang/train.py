@@ -86,6 +86,7 @@ class TrainResult:
     status: str  # "done", "interrupted" or "non-finite"
     history: list[Epoch] = field(default_factory=list)
     non_finite: list[str] = field(default_factory=list)  # params whose value or gradient went non-finite
+    origin: object = None  # a DlangError naming the line where the first non-finite value appeared
 
 
 class _Flat:
@@ -117,9 +118,10 @@ class _Flat:
 
 
 class _NonFinite(Exception):
-    def __init__(self, names: list[str], what: str):
+    def __init__(self, names: list[str], what: str, x: np.ndarray | None = None, rows=None):
         super().__init__(what)
         self.names, self.what = names, what
+        self.x, self.rows = x, rows  # where: the params and the rows of the batch (x None: a step overflowed)
 
 
 class Trainer:
@@ -135,6 +137,7 @@ class Trainer:
         self.best_x = self.x.copy()
         self.best_loss = math.inf
         self.history: list[Epoch] = []
+        self.bad_point = None  # (params vector, batch rows, what) where the loss or gradient went non-finite
 
     # ---- evaluation ------------------------------------------------------------------------
 
@@ -145,7 +148,7 @@ class Trainer:
         if not math.isfinite(loss) or not np.all(np.isfinite(g)):
             names = self.flat.non_finite(g) or self.flat.names
             what = "the loss" if not math.isfinite(loss) else "the gradient"
-            raise _NonFinite(names, what)
+            raise _NonFinite(names, what, x.copy(), rows)
         return loss, g
 
     def full_loss(self, x: np.ndarray) -> float:
@@ -176,6 +179,8 @@ class Trainer:
             stopped = (f"{err.what} went non-finite in epoch {epoch} (for {', '.join(err.names)}); "
                        "the last good params were kept")
             status, bad = "non-finite", err.names
+            if err.x is not None:
+                self.bad_point = (err.x, err.rows, f"{err.what} went non-finite (for {', '.join(err.names)})")
         if not math.isfinite(self.best_loss):  # nothing finished: keep the starting params
             self.best_x = self.x.copy()
         return TrainResult(self.flat.unpack(self.best_x), self.best_loss, len(self.history), stopped, status,
@@ -228,7 +233,7 @@ class Trainer:
                 batches += 1
             loss = self.full_loss(x)
             if not math.isfinite(loss):
-                raise _NonFinite(self.flat.names, "the loss")
+                raise _NonFinite(self.flat.names, "the loss", x.copy())
             grad_norm = float(np.linalg.norm(grad_sum / max(batches, 1)))
             self.note(epoch, x, loss, grad_norm, self.rows, time.perf_counter() - start, on_epoch)
             why = self._converged(loss, grad_norm)

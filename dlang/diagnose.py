@@ -1,0 +1,107 @@
+"""Where a non-finite loss or gradient came from: the data row, and the source line whose
+forward value or derivative was the first NaN or infinity."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .errors import Diagnostic, RuntimeFault, Span
+from .ir import Eqn, Program, walk
+
+# how an operator is written in a program, for messages
+_SPELLED = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "^", "neg": "unary -", "matmul": "@"}
+
+
+def non_finite_origin(kernels, data: np.ndarray, params: dict, what: str) -> RuntimeFault | None:
+    """An error naming the first non-finite value behind a non-finite loss or gradient
+    (`what`, e.g. "the gradient d loss / d g is nan"), or None if no row on its own gives one."""
+    from .codegen import _data_layout
+    from .interp import first_non_finite
+
+    row = _first_bad_row(kernels, data, params)
+    if row is None:
+        return None
+    program: Program = kernels.program
+    values = {}
+    for d, (col, width) in zip(program.data, _data_layout(program)):
+        cells = data[row, col:col + width]
+        values[d.name] = cells.reshape(d.type.shape).copy() if d.type.shape else float(cells[0])
+    with np.errstate(all="ignore"):
+        found = first_non_finite(kernels.adjoint, len(program.body.eqns), values, params, kernels.max_iterations)
+    where = f"data row {row + 1}" if program.data else "the program"
+    path = program.source_path
+    if not isinstance(found, tuple):  # the row alone is finite in the interpreter, or too long to trace
+        reason = ("tracing it would take too long" if found == "too long"
+                  else "the reference interpreter finds no non-finite value there")
+        return RuntimeFault(Diagnostic(f"{what}; it first goes wrong at {where}, but {reason}", None, path))
+    eqn, in_reverse, value = found
+    shown = _shown(value)
+    loc = eqn.loc
+    span = Span(loc[0], loc[1], loc[0], loc[1] + 1) if loc else None
+    line = f"line {loc[0]}" if loc else "an unknown line"
+    if in_reverse:
+        primal = _forward_op_at(program, loc)
+        of = f" of {primal}" if primal else ""
+        message = (f"{what}: the first non-finite value ({shown}) appeared in the derivative{of} at {line}, "
+                   f"in the reverse pass ({where}); the forward values there were finite")
+        note = ("the function is not differentiable at this point (like sqrt or log at 0, "
+                "or x^y at x = 0): move the params or data away from it, or guard it")
+    else:
+        message = (f"{what}: the first non-finite value ({shown}) appeared at {line}, in the forward "
+                   f"pass ({where}): {_spell(eqn.op)} gave {shown}")
+        note = "a division by 0, a log of 0 or less, an overflow (exp of a large number), or a NaN in"\
+               " a param gives this; check the values that reach this line"
+    return RuntimeFault(Diagnostic(message, span, path, note), _source(path))
+
+
+def _first_bad_row(kernels, data: np.ndarray, params: dict) -> int | None:
+    """The first row whose own loss or gradient is not finite."""
+    losses = kernels.forward_rows(data, params)[0]
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        return int(bad[0])
+
+    def bad_grad(lo: int, hi: int) -> bool:
+        loss, grads = kernels.grad(data[lo:hi], params)
+        return not (np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in grads.values()))
+
+    lo, hi = 0, data.shape[0]
+    if hi == 0 or not bad_grad(lo, hi):
+        return None
+    while hi - lo > 1:  # bisect: the first half that is bad on its own
+        mid = (lo + hi) // 2
+        if bad_grad(lo, mid):
+            hi = mid
+        elif bad_grad(mid, hi):
+            lo = mid
+        else:  # only the sum overflows: no single row is to blame
+            return None
+    return lo
+
+
+def _forward_op_at(program: Program, loc) -> str | None:
+    """The operation the program computes at a source location (the primal of an adjoint)."""
+    if loc is None:
+        return None
+    for s in walk(program.body):
+        if isinstance(s, Eqn) and s.loc == loc:
+            return _spell(s.op)
+    return None
+
+
+def _spell(op: str) -> str:
+    return f"`{_SPELLED[op]}`" if op in _SPELLED else f"`{op}`"
+
+
+def _shown(value) -> str:
+    arr = np.asarray(value, dtype=float).ravel()
+    v = arr[~np.isfinite(arr)][0]
+    return "nan" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+
+
+def _source(path: str | None) -> str | None:
+    if path and os.path.exists(path):
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            return f.read()
+    return None

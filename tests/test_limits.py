@@ -1,0 +1,157 @@
+"""Resource limits and non-finite values: a tape that cannot fit is refused before anything
+runs, a runaway while loop stops at --max-iterations naming its line and row, and a NaN or
+infinity in the loss or gradient is traced to the source line (forward or reverse) it came from."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+HUGE_LOOP = """\
+param k = 0.5
+x = 1.0
+for i in 0..100000000000 {
+    x = x * k + sin(x)
+}
+loss x^2
+"""
+
+RUNAWAY = """\
+data x
+param a = 1.0
+y = a * x
+while y > 0.0 {
+    y += 1.0
+}
+loss y^2
+"""
+
+SQRT_AT_ZERO = """\
+data x
+param a = 0.0
+param b = 1.0
+r = sqrt(a * a * x)
+loss (r - 1.0)^2 + b * b
+"""
+
+LOG_OF_ZERO = """\
+data x
+param a = 1.0
+u = log(a * x)
+loss u^2
+"""
+
+
+def _user_error(r, *needles):
+    assert r.code == 1, (r.code, r.out, r.err)
+    assert "Traceback" not in r.err and "internal error" not in r.err, r.err
+    for needle in needles:
+        assert needle in r.err, f"{needle!r} not in {r.err!r}"
+
+
+@pytest.fixture
+def csv(tmp_path):
+    def write(text: str, name: str = "d.csv"):
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+    return write
+
+
+# ---- a tape that cannot fit ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["grad", "train", "bench"])
+def test_a_tape_too_large_for_memory_is_refused_before_running(run_cli, write_program, tmp_path, command):
+    prog = write_program(HUGE_LOOP, "huge.dl")
+    out = tmp_path / "p.json"
+    extra = ["--out", out] if command == "train" else []
+    r = run_cli(command, prog, *extra)  # returns at once: 10^11 steps would run for minutes
+    _user_error(r, f"{prog}:3:1: error: the gradient would need a tape of 800.0 GB for each data row",
+                "more than this machine's memory", f"`dlang {command}` stops before it starts",
+                "run fewer steps", "`dlang run`")
+    assert "   3 | for i in 0..100000000000 {" in r.err and "^^^" in r.err
+    assert not out.exists()  # nothing written
+
+
+def test_the_tape_estimate_counts_steps_values_and_branches():
+    from dlang.frontend import compile_source
+    from dlang.limits import tape_bytes
+    from dlang.reverse import reverse_ad
+
+    prog = compile_source("param k = 0.5\nx = 1.0\nv = 2.0\nfor i in 0..1000 {\n x = x * k + sin(v)\n"
+                          " v = v * k\n}\nloss x^2\n", "t.dl")
+    need, loc = tape_bytes(reverse_ad(prog))
+    assert loc[0] == 4
+    # each step tapes what its reverse reads (x, v or cos(v): a few values), never more than 8
+    assert 8 * 1000 <= need <= 8 * 8 * 1000
+    small = compile_source("param k = 0.5\nloss k^2\n", "s.dl")
+    assert tape_bytes(reverse_ad(small)) == (0, None)
+
+
+# ---- a while loop past --max-iterations --------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["grad", "run", "train"])
+def test_a_runaway_while_loop_stops_at_max_iterations_naming_line_and_row(run_cli, write_program, csv, tmp_path,
+                                                                          command):
+    prog = write_program(RUNAWAY, "runaway.dl")
+    data = csv("x\n-1\n2\n-3\n")
+    extra = ["--out", tmp_path / "p.json"] if command == "train" else []
+    r = run_cli(command, prog, "--data", data, "--max-iterations", "1000", *extra)
+    _user_error(r, f"{prog}:4:1: error: the while loop ran more than 1,000 times (data row 2)",
+                "its condition may never become false", "   4 | while y > 0.0 {")
+
+
+def test_max_iterations_is_a_cap_not_a_count(run_cli, write_program, csv):
+    """A loop that ends in 50 trips runs with --max-iterations 50, and fails with 49."""
+    prog = write_program("data x\nparam a = 1.0\nn = 0\ny = a * x\nwhile n < 50 {\n y += 1.0\n n += 1\n}\n"
+                         "loss y^2\n", "fifty.dl")
+    data = csv("x\n1\n")
+    assert run_cli("grad", prog, "--data", data, "--max-iterations", "50").code == 0
+    _user_error(run_cli("grad", prog, "--data", data, "--max-iterations", "49"),
+                "ran more than 49 times", "(data row 1)")
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_max_iterations_must_be_positive(run_cli, write_program, csv, value):
+    prog = write_program(RUNAWAY, "runaway.dl")
+    _user_error(run_cli("grad", prog, "--data", csv("x\n1\n"), "--max-iterations", value),
+                f"--max-iterations must be at least 1, not {value}")
+
+
+# ---- non-finite values: where they came from ---------------------------------------------------
+
+
+def test_a_nan_gradient_names_the_derivative_and_line_it_came_from(run_cli, write_program, csv):
+    prog = write_program(SQRT_AT_ZERO, "sqrt0.dl")
+    r = run_cli("grad", prog, "--data", csv("x\n1\n2\n"))
+    _user_error(r, f"{prog}:4:5: error: the gradient is not finite (d loss / d a)",
+                "appeared in the derivative of `sqrt` at line 4, in the reverse pass (data row 1)",
+                "the forward values there were finite", "not differentiable at this point")
+    assert "nan" in r.out  # the values are still shown
+
+
+def test_an_infinite_loss_names_the_forward_line_and_row(run_cli, write_program, csv):
+    prog = write_program(LOG_OF_ZERO, "log0.dl")
+    r = run_cli("grad", prog, "--data", csv("x\n1\n0\n2\n"), "--json")
+    _user_error(r, f"{prog}:3:5: error: the loss is inf", "appeared at line 3, in the forward pass (data row 2)",
+                "`log` gave -inf")
+    out = json.loads(r.out)  # the JSON is still printed, strict (no NaN literal)
+    assert out["loss"] is None
+
+
+def test_the_origin_in_a_loop_and_a_function(run_cli, write_program, csv):
+    prog = write_program("data x\nparam a = 1.0\nfn f(u) {\n    return 1.0 / (u - 3.0)\n}\ns = 0.0\n"
+                         "for i in 0..5 {\n    s += f(a * x + 1.0 * i)\n}\nloss s^2\n", "loopfn.dl")
+    r = run_cli("grad", prog, "--data", csv("x\n0.5\n1\n"))  # row 2 reaches u = 3 at i = 2
+    _user_error(r, f"{prog}:4:12: error: the loss is", "in the forward pass (data row 2)", "`/` gave")
+
+
+def test_training_that_goes_non_finite_names_the_line(run_cli, write_program, csv, tmp_path):
+    prog = write_program(SQRT_AT_ZERO, "sqrt0.dl")
+    out = tmp_path / "p.json"
+    r = run_cli("train", prog, "--data", csv("x\n1\n2\n"), "--out", out)
+    _user_error(r, "the gradient went non-finite in epoch 1 (for a)",
+                f"{prog}:4:5: error: the gradient went non-finite (for a)", "derivative of `sqrt` at line 4")
+    assert json.loads(out.read_text()) == {"a": 0.0, "b": 1.0}  # the last good params were kept
