@@ -371,7 +371,7 @@ class _Reverse:
         results = self.results
         self.pushes[id(s.body)] = ctx.needed
         block = Block((k, *b_yields, *b_free), ctx.start(s.loc) + eqns, tuple(results))
-        outs = tuple(self.fresh(a.type, a.hint) for a in results)
+        outs = tuple(self.fresh(a.type, a.hint if isinstance(a, Var) else "") for a in results)  # a result may be a literal 0.0
         for f in free:
             self.adj[f.id] = saved[f.id]
         self.stmts.append(ForLoop(outs, lo, hi, tuple(inits), block, s.loc))

@@ -281,3 +281,19 @@ def test_const_int_overflow_inside_an_expression_is_reported():
         compile_source(source, PATH)
     (d,) = info.value.diagnostics
     assert "too large for an int" in d.message and (d.span.line, d.span.col) == (1, 12)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("param p = 0.5\nx = 0.0\nfor i in 0..2 {\n  x = sin(p)\n}\nloss x\n", math.cos(0.5)),
+    ("param p = 0.5\nx = 0.0\nfor i in 0..2 {\n  for j in 0..2 {\n    x = p * p\n  }\n}\nloss x\n", 1.0),
+    ("param p = 0.5\nx = 0.0\nk = 0\nwhile k < 3 {\n  x = 2.0 * p\n  k += 1\n}\nloss x\n", 2.0),
+])
+def test_loop_that_overwrites_a_carried_local_differentiates(source, expected):
+    """Was AttributeError: 'Lit' object has no attribute 'hint' in reverse_ad (dlang/reverse.py):
+    the value carried into the loop has a zero adjoint, a literal."""
+    prog = compile_source(source, PATH)
+    adjoint = reverse_ad(prog)
+    verify(adjoint)
+    assert parse_program(print_program(adjoint)) == adjoint
+    _, grads = grad_row(adjoint, {}, {"p": 0.5})
+    assert grads["p"] == pytest.approx(expected, rel=1e-12)
