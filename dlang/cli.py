@@ -69,13 +69,10 @@ def emit(
 ) -> None:
     """Print PROGRAM at a stage of compilation, syntax-highlighted on a terminal."""
     from . import render
-    from .frontend import load_program, parse_source, read_source
+    from .frontend import dump_ast, load_program
 
     if stage is Stage.ast:
-        from .nodes import dump
-
-        text = dump(parse_source(read_source(program), program))
-        render.show(text, "ast")
+        render.show(dump_ast(program), "ast")
     elif stage is Stage.ir:
         from .irtext import print_program
 
@@ -197,7 +194,7 @@ def run(
     """Evaluate PROGRAM on every data row: each row's loss and outputs as CSV; the mean loss on stderr."""
     from . import commands, render
 
-    report = commands.run(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows))
+    report = commands.run(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows), out)
     _note(report.data_note)
     render.write_run(report, out)
 
@@ -236,6 +233,9 @@ def _note(text: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors exit 1 with a message and never a traceback."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=RuntimeWarning)  # NumPy's overflow notes: dlang says it in words
     try:
         app(args=argv)
     except SystemExit as ex:

@@ -61,9 +61,12 @@ def prepare(program_path: str, data_path: str | None, params_path: str | None,
     return Prepared(program, kernels, data, params, note)
 
 
+_VERBS = {"grad": "differentiate", "train": "fit"}
+
+
 def require_loss(program: Program, command: str) -> None:
     if not program.has_loss:
-        raise InputError(Diagnostic(f"the program has no loss statement, so there is nothing to {command}; "
+        raise InputError(Diagnostic(f"the program has no loss statement, so there is nothing to {_VERBS.get(command, command)}; "
                                     "add one, for example: loss (prediction - target)^2",
                                     None, program.source_path))
 
@@ -132,10 +135,12 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
     kernels = compile_kernels(program, run_options.max_iterations)
     check_tape_fits(kernels.adjoint, "train")
     trainer = Trainer(kernels, data, params, options)
+    finished = False
     try:
         result = trainer.run(on_epoch, should_stop)
-    finally:  # even on an unexpected error, what was learnt so far is kept
-        if trainer.history or not os.path.exists(out):
+        finished = True
+    finally:  # even on an error (a fault in some row), what was learnt so far is kept
+        if trainer.history or (finished and not os.path.exists(out)):
             best = trainer.flat.unpack(trainer.best_x)
             write_params(out, best)
     if history_path:
@@ -172,8 +177,10 @@ class RunReport:
 
 
 def run(program_path: str, data_path: str | None, params_path: str | None,
-        options: "RunOptions | list[str] | None" = None) -> RunReport:
+        options: "RunOptions | list[str] | None" = None, out_path: str | None = None) -> RunReport:
     """Every row's loss and outputs."""
+    if out_path:
+        _check_writable(out_path, "--out")
     p = prepare(program_path, data_path, params_path, options)
     losses, outs = p.kernels.forward_rows(p.data, p.params)
     header = ["loss"] + output_columns(p.program)

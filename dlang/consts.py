@@ -9,8 +9,8 @@ from .errors import InputError, Span
 from .prims import TERNARY_MATH, UNARY_MATH, math_scalar
 
 # A number as dlang writes it, with an optional sign: nothing else is accepted from --const.
-NUMBER_RE = re.compile(r"[+-]?(\d+\.?\d*([eE][+-]?\d+)?|\.\d+([eE][+-]?\d+)?)")
-INT_RE = re.compile(r"[+-]?\d+")
+NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*([eE][+-]?[0-9]+)?|\.[0-9]+([eE][+-]?[0-9]+)?)")
+INT_RE = re.compile(r"[+-]?[0-9]+")
 INT_MAX = 2**63 - 1
 
 CONST_MATH = {name for name in UNARY_MATH if name != "neg"} | {"atan2", "min", "max", "pow", "clamp"}

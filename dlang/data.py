@@ -219,7 +219,8 @@ def _read_checked(program: Program, path: str, text: str, drop_bad_rows: bool = 
         cells = [row[c] for row in body]
         try:
             matrix[:, j] = np.array(cells, dtype=np.float64)
-            good = not any("_" in cell for cell in cells)  # Python's float() reads 1_000; a CSV does not
+            # Python's float() reads 1_000 and Unicode digits ("\u0661"); a CSV number is ASCII
+            good = not any("_" in cell or not cell.isascii() for cell in cells)
         except ValueError:
             good = False
         good = good and bool(np.all(np.isfinite(matrix[:, j])))
@@ -252,7 +253,7 @@ def _cell_problem(cell: str) -> str | None:
         return "the cell is empty"
     shown = repr(value if len(value) <= 40 else value[:37] + "...")
     try:
-        if "_" in value:
+        if "_" in value or not value.isascii():
             raise ValueError
         number = float(value)
     except ValueError:

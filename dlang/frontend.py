@@ -44,6 +44,16 @@ def parse_source(source: str, path: str | None = None) -> nodes.Program:
             raise _too_deep(path, source) from None
 
 
+def dump_ast(path: str) -> str:
+    """The parsed program at `path` as an S-expression (emit --stage ast)."""
+    source = normalise_newlines(read_source(path))
+    with _deep_recursion():
+        try:
+            return nodes.dump(parse(source, path))
+        except RecursionError:
+            raise _too_deep(path, source) from None
+
+
 def compile_source(source: str, path: str | None = None, consts: dict[str, str] | list[str] | None = None) -> Program:
     """Parse and check a program, giving its IR."""
     overrides = parse_overrides(_as_pairs(consts))

@@ -143,28 +143,40 @@ class _FaultReport:
             self.fail(*decode_fault(int(codes[found[0]])))
 
     def fail(self, what: str, line: int, col: int):
-        row = self._find_row()
+        row = self._find_row(adjoint=what == "tape")
         where = f" (data row {row + 1})" if row is not None else ""
+        note = None
         if what == "index":
             message = f"an index is out of range{where}"
+        elif what == "tape":
+            from .limits import TAPE_ENV, _size, max_tape_bytes
+
+            message = (f"the gradient's tape for a row{where} grew past the {_size(max_tape_bytes())} a row may "
+                       f"use (half this machine's memory, or ${TAPE_ENV}): a while loop ran for very many steps")
+            note = "run fewer steps, or lower --max-iterations to stop such a loop sooner"
         else:
             message = (f"the while loop ran more than {self.kernels.max_iterations:,} times{where}; "
                        "its condition may never become false")
+            note = "raise the cap with --max-iterations if the loop really needs more steps"
         span = Span(line, col, line, col + 1) if line else None
         source = None
         path = self.kernels.program.source_path
         if path and os.path.exists(path):
             source = Path(path).read_text(encoding="utf-8-sig", errors="replace")
-        raise RuntimeFault(Diagnostic(message, span, path), source) from None
+        raise RuntimeFault(Diagnostic(message, span, path, note), source) from None
 
-    def _find_row(self):
-        """Which row faults: rerun the rows one at a time (only on this error path)."""
+    def _find_row(self, adjoint: bool = False):
+        """Which row faults: rerun the rows one at a time (only on this error path); a tape
+        that outgrows its limit shows only in the adjoint kernel."""
         k = self.kernels
         args = k._param_args(self.params)
         for r in range(self.data.shape[0]):
-            try:  # the serial kernel: a parallel one may fault in another row first
-                k.module.dl_forward_rows(self.data[r:r + 1], *args, np.empty(1),
-                                         np.empty((1, output_width(k.program))))
+            try:  # the serial kernels: a parallel one may fault in another row first
+                if adjoint:
+                    k.module.dl_grad_rows(self.data[r:r + 1], *args, np.empty(16), np.empty(16, np.int64))
+                else:
+                    k.module.dl_forward_rows(self.data[r:r + 1], *args, np.empty(1),
+                                             np.empty((1, output_width(k.program))))
             except (IndexError, RuntimeError):
                 return r
         return None

@@ -15,6 +15,25 @@ def memory_bytes() -> int:
         return 1 << 40
 
 
+TAPE_ENV = "DLANG_MAX_TAPE_BYTES"
+
+
+def max_tape_bytes() -> int:
+    """The most tape one data row may use: half this machine's memory, or $DLANG_MAX_TAPE_BYTES."""
+    text = os.environ.get(TAPE_ENV)
+    if text:
+        try:
+            value = int(float(text))
+        except ValueError:
+            value = 0
+        if value <= 0:
+            from .errors import InputError
+
+            raise InputError(f"${TAPE_ENV} must be a positive number of bytes, not {text!r}")
+        return value
+    return memory_bytes() // 2
+
+
 def tape_bytes(adjoint: Program) -> tuple[int, object]:
     """The bytes of tape one data row needs, as far as they are known before running (a `for`
     loop with constant bounds; a `while` loop's trips are not known and count as none), and
@@ -49,10 +68,10 @@ def tape_bytes(adjoint: Program) -> tuple[int, object]:
 
 def check_tape_fits(adjoint: Program, command: str) -> None:
     """Refuse, before anything is allocated, a gradient whose tape for one row cannot fit in
-    half of this machine's memory."""
+    max_tape_bytes()."""
     need, loc = tape_bytes(adjoint)
-    have = memory_bytes()
-    if need <= have // 2:
+    have = max_tape_bytes()
+    if need <= have:
         return
     span = Span(loc[0], loc[1], loc[0], loc[1] + 3) if loc else None
     source = None
@@ -62,8 +81,8 @@ def check_tape_fits(adjoint: Program, command: str) -> None:
             source = f.read()
     raise ProgramError(Diagnostic(
         f"the gradient would need a tape of {_size(need)} for each data row (this loop records "
-        f"the values its reverse pass reads at every step), more than this machine's memory "
-        f"({_size(have)}), so `dlang {command}` stops before it starts",
+        f"the values its reverse pass reads at every step), more than the {_size(have)} a row may use "
+        f"(half this machine's memory, or ${TAPE_ENV}), so `dlang {command}` stops before it starts",
         span, path,
         note="run fewer steps (a shorter loop, or larger steps with a --const), or use `dlang run`, "
              "which needs no tape"), source)
@@ -74,3 +93,50 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
     return f"{n} bytes"
+
+
+# Python's own limits on the generated source: 20 statically nested loops, 100 indentation
+# levels. The row loop, the tape retry loop, a parallel kernel's chunk loop and the loops an
+# array operation is written as take up to 7 and 12 of them.
+MAX_LOOP_DEPTH = 13
+MAX_BLOCK_DEPTH = 80
+
+
+def check_nesting(program: Program) -> None:
+    """A program whose loops (or loops and ifs) nest deeper than the kernels can be compiled
+    with is an error at its innermost too-deep statement."""
+    from .ir import blocks_of
+
+    def deepest(b: Block, loops: int, blocks: int):
+        for s in b.eqns:
+            if isinstance(s, Eqn):
+                continue
+            is_loop = not isinstance(s, IfElse)
+            depth = (loops + is_loop, blocks + 1)
+            if depth[0] > MAX_LOOP_DEPTH or depth[1] > MAX_BLOCK_DEPTH:
+                return s, depth
+            for inner in blocks_of(s):
+                found = deepest(inner, *depth)
+                if found:
+                    return found
+        return None
+
+    found = deepest(program.body, 0, 0)
+    if found is None:
+        return
+    s, (loops, blocks) = found
+    if loops > MAX_LOOP_DEPTH:
+        what = f"loops nest {loops} deep here; the compiled kernels allow at most {MAX_LOOP_DEPTH}"
+        note = "combine nested loops into one (a loop over i * n + j), or split the work into loops one after another"
+    else:
+        what = f"loops and ifs nest {blocks} deep here; the compiled kernels allow at most {MAX_BLOCK_DEPTH}"
+        note = "combine nested conditions with `and`, or use min, max or clamp instead of an if"
+    loc = s.loc
+    span = Span(loc[0], loc[1], loc[0], loc[1] + 1) if loc else None
+    path = program.source_path
+    source = None
+    if path and os.path.exists(path):
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            source = f.read()
+    raise ProgramError(Diagnostic(what + " (Python, which Numba compiles, limits how deep code may nest)",
+                                  span, path, note=note), source)

@@ -26,12 +26,19 @@ def load_params(program: Program, path: str | None, seed: int = 0) -> dict:
     if os.path.isdir(path):
         raise _error(path, "is a directory, not a params file")
     try:
-        with open(path, encoding="utf-8-sig") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise _error(path, "no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise _error(path, f"cannot read the params file ({err})") from None
+    except OSError as err:
+        raise _error(path, f"cannot read the params file ({err.strerror})") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw.count(b"\n", 0, err.start) + 1
+        col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise _error(path, f"the params file is not UTF-8 text: byte 0x{raw[err.start]:02x} cannot be read",
+                     Span(line, col, line, col + 1), raw.decode("utf-8", errors="replace")) from None
     try:
         values = json.loads(text, parse_constant=_JsonConstant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
@@ -171,6 +178,9 @@ def write_text_atomically(path: str, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

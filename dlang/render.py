@@ -276,10 +276,17 @@ def _headline(run) -> str:
     r = run.result
     loss = f"{r.loss:.8g}" if r.loss == r.loss and r.loss != float("inf") else "not finite"
     if r.status == "interrupted":
-        return (f"interrupted after {r.epochs} epochs: saved the best params so far (loss {loss}) to {run.out}")
+        return (f"interrupted after {_count(r.epochs, 'epoch')}: saved the best params so far (loss {loss}) "
+                f"to {run.out}")
     if r.status == "non-finite":
         return f"stopped: {r.stopped}; saved the last good params (loss {loss}) to {run.out}"
-    return f"{r.stopped} after {r.epochs} epochs; best loss {loss}; params written to {run.out}"
+    if r.stopped.startswith("finished"):
+        return f"{r.stopped}; best loss {loss}; params written to {run.out}"
+    return f"{r.stopped} after {_count(r.epochs, 'epoch')}; best loss {loss}; params written to {run.out}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'s' * (n != 1)}"
 
 
 # ---- dlang run --------------------------------------------------------------------------------
@@ -313,8 +320,8 @@ def show_bench(report) -> None:
     for name, value in [
         ("compile, cold cache", f"{report.compile_cold_s:.2f} s"),
         ("compile, from cache", f"{report.compile_cached_s:.2f} s"),
-        (f"forward, {report.rows} rows (median of {report.repeat})", f"{report.forward_ms:.3f} ms"),
-        (f"loss + gradient, {report.rows} rows", f"{report.grad_ms:.3f} ms"),
+        (f"forward, {_count(report.rows, 'row')} (median of {report.repeat})", f"{report.forward_ms:.3f} ms"),
+        (f"loss + gradient, {_count(report.rows, 'row')}", f"{report.grad_ms:.3f} ms"),
         ("gradient / forward", f"{report.grad_over_forward:.2f}x"),
         ("rows per second (gradient)", f"{rows_per_s:,.0f}"),
         ("threads", str(report.threads)),

@@ -176,13 +176,13 @@ class Trainer:
             bad: list[str] = []
         except _NonFinite as err:
             epoch = len(self.history) + 1
-            stopped = (f"{err.what} went non-finite in epoch {epoch} (for {', '.join(err.names)}); "
-                       "the last good params were kept")
+            stopped = f"{err.what} went non-finite in epoch {epoch} (for {', '.join(err.names)})"
             status, bad = "non-finite", err.names
             if err.x is not None:
                 self.bad_point = (err.x, err.rows, f"{err.what} went non-finite (for {', '.join(err.names)})")
         if not math.isfinite(self.best_loss):  # nothing finished: keep the starting params
             self.best_x = self.x.copy()
+            self.best_loss = self.full_loss(self.best_x)
         return TrainResult(self.flat.unpack(self.best_x), self.best_loss, len(self.history), stopped, status,
                            self.history, bad)
 
@@ -239,7 +239,7 @@ class Trainer:
             why = self._converged(loss, grad_norm)
             if why:
                 return why, "done"
-        return f"finished {o.epochs} epochs", "done"
+        return f"finished {o.epochs} epoch{'s' * (o.epochs != 1)}", "done"
 
     def _lbfgs(self, on_epoch, should_stop) -> tuple[str, str]:
         """L-BFGS with a backtracking line search that treats a non-finite loss as a step too far.
@@ -296,7 +296,7 @@ class Trainer:
             stalled = stalled + 1 if improvement <= o.tol * max(1.0, abs(f)) else 0
             if o.tol > 0 and stalled >= 3:
                 return "converged: the loss stopped improving", "done"
-        return f"finished {o.epochs} epochs", "done"
+        return f"finished {o.epochs} epoch{'s' * (o.epochs != 1)}", "done"
 
     @staticmethod
     def _direction(g: np.ndarray, memory) -> np.ndarray:

@@ -185,9 +185,6 @@ def test_const_payloads_are_refused_and_never_run(run_cli, write_program, marker
     assert_kernel_source_is_ours(r.out)
 
 
-@pytest.mark.xfail(strict=True, reason="Unicode digits are read as numbers: the lexer's INT/FLOAT and "
-                   "--const's NUMBER_RE use \\d, and CSV cells go through float(); harmless (only the "
-                   "value, formatted by dlang, reaches a kernel) but not the ASCII numbers of the contract")
 @pytest.mark.parametrize("channel", ["program", "const", "csv"])
 def test_unicode_digits_are_not_numbers(run_cli, write_program, tmp_path, channel):
     digits = "\u0661\u0662"  # Arabic-Indic 12; "\uff11" (fullwidth 1) is read the same way

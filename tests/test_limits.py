@@ -68,7 +68,7 @@ def test_a_tape_too_large_for_memory_is_refused_before_running(run_cli, write_pr
     extra = ["--out", out] if command == "train" else []
     r = run_cli(command, prog, *extra)  # returns at once: 10^11 steps would run for minutes
     _user_error(r, f"{prog}:3:1: error: the gradient would need a tape of 800.0 GB for each data row",
-                "more than this machine's memory", f"`dlang {command}` stops before it starts",
+                "more than the", "a row may use", f"`dlang {command}` stops before it starts",
                 "run fewer steps", "`dlang run`")
     assert "   3 | for i in 0..100000000000 {" in r.err and "^^^" in r.err
     assert not out.exists()  # nothing written
@@ -155,3 +155,57 @@ def test_training_that_goes_non_finite_names_the_line(run_cli, write_program, cs
     _user_error(r, "the gradient went non-finite in epoch 1 (for a)",
                 f"{prog}:4:5: error: the gradient went non-finite (for a)", "derivative of `sqrt` at line 4")
     assert json.loads(out.read_text()) == {"a": 0.0, "b": 1.0}  # the last good params were kept
+
+
+GROWING_WHILE = """\
+data n
+param a = 0.5
+x = 0.0
+k = 0.0
+while k < n {
+    x = x * a + sin(x) + 1.0
+    k += 1.0
+}
+loss x^2
+"""
+
+
+@pytest.mark.parametrize("rows", [3, 3000])  # the serial kernel, and the parallel chunked one
+def test_a_while_loop_whose_tape_outgrows_the_limit_stops_naming_the_row(run_cli, write_program, csv, monkeypatch,
+                                                                         rows):
+    monkeypatch.setenv("DLANG_MAX_TAPE_BYTES", "1000000")
+    prog = write_program(GROWING_WHILE, "grow.dl")
+    counts = ["10", "200000"] + ["5"] * (rows - 2)  # row 2 tapes 200,000 steps: more than 1 MB
+    data = csv("n\n" + "\n".join(counts) + "\n")
+    r = run_cli("grad", prog, "--data", data)
+    _user_error(r, "data row 2", "tape", "1.0 MB", "DLANG_MAX_TAPE_BYTES")
+    monkeypatch.setenv("DLANG_MAX_TAPE_BYTES", "100000000")  # 100 MB: fits
+    assert run_cli("grad", prog, "--data", data).code == 0
+
+
+def test_a_bad_tape_limit_is_a_user_error(run_cli, write_program, monkeypatch):
+    monkeypatch.setenv("DLANG_MAX_TAPE_BYTES", "lots")
+    _user_error(run_cli("grad", write_program("param k = 0.5\nloss k^2\n", "k.dl")),
+                "$DLANG_MAX_TAPE_BYTES must be a positive number of bytes, not 'lots'")
+
+
+def _nested(kind: str, n: int) -> str:
+    head = {"for": "for i{k} in 0..2 {{\n", "if": "if x > -1.0 {{\n"}[kind]
+    return ("param a = 1.0\nx = a\n" + "".join(head.format(k=k) for k in range(n)) + "x = x * a + 0.01\n"
+            + "}\n" * n + "loss x^2\n")
+
+
+@pytest.mark.parametrize("kind, limit", [("for", 13), ("if", 80)])
+def test_nesting_past_what_the_kernels_can_compile_is_a_located_error(run_cli, write_program, kind, limit):
+    from dlang.limits import MAX_BLOCK_DEPTH, MAX_LOOP_DEPTH
+
+    assert (MAX_LOOP_DEPTH, MAX_BLOCK_DEPTH) == (13, 80)
+    ok = write_program(_nested(kind, limit), "ok.dl")
+    assert run_cli("grad", ok).code == 0  # the deepest allowed compiles and runs
+    deep = write_program(_nested(kind, limit + 1), "deep.dl")
+    r = run_cli("grad", deep)
+    line = 3 + limit  # the first too-deep statement
+    what = "loops nest" if kind == "for" else "loops and ifs nest"
+    _user_error(r, f"{deep}:{line}:1: error: {what} {limit + 1} deep here",
+                f"the compiled kernels allow at most {limit}")
+    assert run_cli("check", deep).code == 0  # the program itself is fine: only compiling it is not
