@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import os
 import sys
 import tempfile
@@ -32,15 +31,76 @@ def cache_dir() -> Path:
     return Path(base) / "dlang"
 
 
-def _write_once(path: Path, text: str) -> None:
-    """Write a file that is never rewritten: a temporary file, then an atomic rename."""
-    if path.exists() and path.read_text() == text:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_checked(path: Path, text: str) -> None:
+    """Make `path` hold exactly `text`. A file already there is read and compared (one that is
+    truncated, has garbage in it or cannot be read is replaced); a new one is written to a
+    temporary file and renamed into place, so no process ever reads half a file."""
+    data = text.encode()
+    try:
+        if path.read_bytes() == data:
+            return
+    except OSError:  # missing, or not a readable file
+        pass
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+@functools.lru_cache(maxsize=None)
+def _usable_dir(directory: Path) -> Path:
+    """`directory`, created with its __pycache__ (where Numba writes), if files can be written in
+    both; else a private directory under the system's temporary directory, with a one-line
+    warning: dlang still works, the kernels are compiled and cached there."""
+    try:
+        _probe(directory)
+        return directory
+    except OSError as err:
+        return _fallback_dir(directory, err.strerror or str(err))
+
+
+@functools.lru_cache(maxsize=None)
+def _fallback_dir(unusable: Path, reason: str) -> Path:
+    """Where kernels go when `unusable` cannot be written (said once per process)."""
+    fallback = Path(tempfile.gettempdir()) / f"dlang-{os.getuid()}" / "kernels"
+    try:
+        _private(fallback.parent)
+        _probe(fallback)
+    except OSError:  # not ours, or not writable either: a new directory for this process
+        fallback = Path(tempfile.mkdtemp(prefix="dlang-kernels-"))
+    sys.stderr.write(f"dlang: warning: cannot write the kernel cache {unusable} ({reason}); "
+                     f"compiling kernels in {fallback} instead\n")
+    return fallback
+
+
+def _probe(directory: Path) -> None:
+    for d in (directory, directory / "__pycache__"):
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".probe-")
+        os.close(fd)
+        os.unlink(tmp)
+
+
+def _private(directory: Path) -> None:
+    """A directory only this user can write (made if missing): one another user made in the
+    shared temporary directory is refused, as its kernels would run as this user's code."""
+    import stat
+
+    directory.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise PermissionError(f"{directory} is not a private directory")
 
 
 @dataclass
@@ -199,14 +259,150 @@ def compile_kernels(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIO
 
     key = hashlib.sha256("\n".join([source, __version__, numba.__version__, _runtime_digest()]).encode()
                          ).hexdigest()[:32]
-    path = cache_dir() / "kernels" / f"k_{key}.py"
-    _write_once(path, source)
+    directory = _usable_dir(Path(os.path.abspath(cache_dir())) / "kernels")
+    path = directory / f"k_{key}.py"
+    try:
+        _write_checked(path, source)
+    except OSError as err:  # e.g. k_<key>.py is a directory, or the disk is full
+        path = _fallback_dir(path, err.strerror or str(err)) / path.name
+        _write_checked(path, source)
     name = f"dlang_kernel_{key}"
     module = sys.modules.get(name)
     if module is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
+        module = _load_module(name, path, source)
     return Kernels(program, adjoint, source, path, module, max_iterations)
 
+
+def _load_module(name: str, path: Path, source: str):
+    """Run the kernel source as module `name`, compiled from `source` in memory (the text the
+    file was just checked to hold): no .pyc is read or written, so none can be stale or damaged.
+    Numba finds the file by the code's file name and caches its machine code beside it."""
+    import types
+
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    code = compile(source, str(path), "exec")
+    sys.modules[name] = module
+    try:
+        exec(code, module.__dict__)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    for value in list(vars(module).values()):
+        _check_numba_cache(value, sealed=True)
+    _check_runtime_caches()
+    return module
+
+
+# ---- Numba's cache files, checked ----
+#
+# Numba reads its cache files (an index *.nbi per function, a data file *.nbc per compiled
+# signature) with pickle and trusts them: a truncated or garbage file makes it raise (an
+# internal error for dlang), and a damaged one that still unpickles could run wrong code. The
+# kernels' dispatchers get a cache whose files each carry a SHA-256 of their content, and whose
+# data files also hold the key they were saved under; a file that fails either check reads as
+# missing, so Numba compiles the function again and rewrites the file. Writing a cache file
+# that fails (a full disk) leaves the function compiled in memory.
+
+
+def _check_numba_cache(dispatcher, sealed: bool) -> None:
+    cache = getattr(dispatcher, "_cache", None)
+    cache_file = getattr(cache, "_cache_file", None)
+    if cache_file is None:
+        return
+    checked, sealed_cls = _cache_file_classes()
+    if type(cache_file) in (checked, sealed_cls):
+        return
+    cache_file.__class__ = sealed_cls if sealed else checked
+
+
+@functools.lru_cache(maxsize=1)
+def _check_runtime_caches() -> None:
+    """The runtime helpers (compiled into kernels, cached by Numba beside dlang/runtime.py) keep
+    Numba's file format, as other code may load them, but a damaged file reads as missing."""
+    from . import runtime
+
+    for value in list(vars(runtime).values()):
+        _check_numba_cache(value, sealed=False)
+
+
+_SEAL = b"dlang-numba-cache-1\n"
+
+
+@functools.lru_cache(maxsize=1)
+def _cache_file_classes():
+    import pickle
+
+    from numba.core.caching import IndexDataCacheFile
+
+    class Checked(IndexDataCacheFile):
+        """Numba's format; a file that cannot be read back reads as missing."""
+
+        def _load_index(self):
+            try:
+                overloads = super()._load_index()
+            except Exception:  # noqa: BLE001 - truncated, empty, garbage: compile again
+                return {}
+            return overloads if isinstance(overloads, dict) else {}
+
+        def _load_data(self, name):
+            try:
+                return super()._load_data(name)
+            except Exception as err:  # noqa: BLE001 - Numba's load() treats OSError as a missing file
+                raise OSError(f"damaged cache file {name}") from err
+
+        def save(self, key, data):
+            try:
+                super().save(key, data)
+            except OSError:  # the function is compiled; only caching it failed
+                pass
+
+    class Sealed(Checked):
+        """Each file: a marker, the SHA-256 of the pickle, the pickle."""
+
+        def _write_sealed(self, path, obj):
+            payload = self._dump(obj)
+            with self._open_for_write(path) as f:
+                f.write(_SEAL + hashlib.sha256(payload).digest() + payload)
+
+        def _read_sealed(self, path):
+            with open(path, "rb") as f:  # OSError (a missing file) goes to the caller
+                raw = f.read()
+            payload = raw[len(_SEAL) + 32:]
+            if not raw.startswith(_SEAL) or raw[len(_SEAL):len(_SEAL) + 32] != hashlib.sha256(payload).digest():
+                raise ValueError("damaged cache file")
+            return pickle.loads(payload)
+
+        def _save_index(self, overloads):
+            self._write_sealed(self._index_path, (self._version, self._source_stamp, overloads))
+
+        def _load_index(self):
+            try:
+                version, stamp, overloads = self._read_sealed(self._index_path)
+            except Exception:  # noqa: BLE001 - missing, damaged, or another format: compile again
+                return {}
+            if version != self._version or stamp != self._source_stamp or not isinstance(overloads, dict):
+                return {}
+            return overloads
+
+        def _save_data(self, name, data):
+            self._write_sealed(self._data_path(name), data)
+
+        def _load_data(self, name):
+            try:
+                return self._read_sealed(self._data_path(name))
+            except OSError:
+                raise
+            except Exception as err:  # noqa: BLE001
+                raise OSError(f"damaged cache file {name}") from err
+
+        def save(self, key, data):
+            super().save(key, (key, data))
+
+        def load(self, key):
+            got = super().load(key)
+            if isinstance(got, tuple) and len(got) == 2 and got[0] == key:
+                return got[1]
+            return None  # missing, or saved under another key: compile again
+
+    return Checked, Sealed

@@ -1,9 +1,13 @@
-"""Bad input and hostile programs.
+"""Bad input, faults and hostile programs.
 
 A. No identifier, number, --const value, params file, CSV header or cell makes dlang run code
    of its own: each channel gets payloads; a user error exits 1 with a located message and no
    traceback, no marker file appears, and the generated kernel source holds none of the text.
 B. Params written by `dlang train --out` go through a temporary file and a rename.
+C. A damaged kernel cache entry (the generated k_<hash>.py, Numba's *.nbi index and *.nbc data
+   files, a stale .pyc) is detected and rebuilt; an unwritable cache falls back to a private
+   temporary directory with a one-line warning.
+D. Two processes compiling the same new program at once both get the right answer.
 """
 from __future__ import annotations
 
@@ -12,13 +16,23 @@ import builtins
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
+
+from dlang import kernels as kmod
+from dlang.data import load_data
+from dlang.frontend import compile_source, load_program
+from dlang.kernels import compile_kernels
+from dlang.params import load_params
 
 LOCATED = re.compile(r"^(?P<path>[^\n]*?):(?P<line>\d+):(?P<col>\d+): error: (?P<msg>.*)$", re.M)
 
@@ -187,7 +201,7 @@ def test_const_payloads_are_refused_and_never_run(run_cli, write_program, marker
 
 @pytest.mark.parametrize("channel", ["program", "const", "csv"])
 def test_unicode_digits_are_not_numbers(run_cli, write_program, tmp_path, channel):
-    digits = "\u0661\u0662"  # Arabic-Indic 12; "\uff11" (fullwidth 1) is read the same way
+    digits = "\u0661\u0662"  # Arabic-Indic 12 (Python reads it as 12: int, float and re's \d accept it)
     prog = write_program(f"const n = 3\ndata x\nparam w = {digits if channel == 'program' else '1.0'}\n"
                          "loss (w * x * n)^2\n")
     csv = tmp_path / "d.csv"
@@ -344,3 +358,354 @@ def test_train_out_write_failure_leaves_out_intact(run_cli, lin_files, monkeypat
     assert "No space left on device" in r.err
     assert (d / "out.json").read_text() == '{"w": 111.0}\n'
     assert sorted(p.name for p in d.iterdir()) == ["lin.csv", "lin.dl", "out.json"]
+
+
+# ---- C. kernel cache robustness ---------------------------------------------------------------
+
+class Lin:
+    """The LIN program's kernels, loaded as a new process would (nothing in sys.modules)."""
+
+    def __init__(self, tmp: Path):
+        self.prog = compile_source(LIN, "lin.dl")
+        (tmp / "lin.csv").write_text(LIN_CSV)
+        self.data = load_data(self.prog, str(tmp / "lin.csv"))
+        self.params = load_params(self.prog, None)
+        self.key = ""  # k_<hash>, the stem of the cache entry's file
+
+    def load(self) -> kmod.Kernels:
+        sys.modules.pop("dlang_kernel_" + self.key[2:], None)  # (the kernels' pickled code names the module)
+        k = compile_kernels(self.prog)
+        self.key = Path(k.path).stem
+        return k
+
+    def run(self, k: kmod.Kernels) -> tuple[int, int]:
+        """Check both kernels' results; return (cache hits, cache misses) of the two."""
+        losses, _ = k.forward_rows(self.data, self.params)
+        assert losses.tolist() == [(0.5 + 0.25 - 2) ** 2, (1.5 + 0.25 - 4) ** 2]
+        loss, grads = k.grad(self.data, self.params)
+        assert (loss, grads) == (LIN_LOSS, LIN_GRAD)
+        stats = [k.module.dl_forward_rows.stats, k.module.dl_grad_rows.stats]
+        return sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A kernel cache holding LIN's kernels, compiled once for the module."""
+    lin = Lin(tmp_path_factory.mktemp("lin"))
+    cache = tmp_path_factory.mktemp("pristine")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DLANG_CACHE_DIR", str(cache))
+        lin.key = Path(compile_kernels(lin.prog).path).stem  # LIN may be loaded from another test's cache
+        assert lin.run(lin.load()) == (0, 2)
+    return lin, cache
+
+
+@pytest.fixture
+def cache(pristine, tmp_path, monkeypatch):
+    """A copy of the pristine cache, as DLANG_CACHE_DIR: (lin, kernels dir)."""
+    lin, src = pristine
+    dst = tmp_path / "cache"
+    shutil.copytree(src, dst)
+    monkeypatch.setenv("DLANG_CACHE_DIR", str(dst))
+    return lin, dst / "kernels"
+
+
+def _files(kdir: Path, key: str, pattern: str) -> list[Path]:
+    return sorted((kdir / "__pycache__").glob(f"{key}.{pattern}"))
+
+
+def assert_healthy(lin: Lin, kdir: Path) -> None:
+    """A new load finds everything in the cache: no compile, and no temporary file around."""
+    k = lin.load()
+    assert k.path == kdir / f"{lin.key}.py"
+    assert k.path.read_text() == k.source
+    assert lin.run(k) == (2, 0)
+    assert not [p for p in kdir.rglob("*") if "tmp" in p.name or p.name.startswith(".")]
+
+
+def test_pristine_cache_is_used(cache):
+    lin, kdir = cache
+    assert len(_files(kdir, lin.key, "*.nbi")) == 2 and len(_files(kdir, lin.key, "*.nbc")) == 2
+    assert_healthy(lin, kdir)
+    from dlang import runtime
+
+    helpers = [v for v in vars(runtime).values() if hasattr(v, "_cache")]
+    assert helpers and {type(h._cache._cache_file).__name__ for h in helpers} == {"Checked"}
+    assert {type(k._cache._cache_file).__name__ for k in vars(lin.load().module).values()
+            if hasattr(k, "_cache")} == {"Sealed"}
+
+
+def _truncate(p: Path):
+    p.write_bytes(p.read_bytes()[:len(p.read_bytes()) // 2])
+
+
+def _garbage(p: Path):
+    p.write_bytes(np.random.default_rng(1).bytes(p.stat().st_size))
+
+
+def _append(p: Path):
+    p.write_bytes(p.read_bytes() + b"\nimport os; os.system('touch MARKER')\n")
+
+
+def _empty(p: Path):
+    p.write_bytes(b"")
+
+
+def _flip(p: Path):
+    raw = bytearray(p.read_bytes())
+    raw[len(raw) * 2 // 3] ^= 0x5A
+    p.write_bytes(bytes(raw))
+
+
+DAMAGE = {"truncated": _truncate, "garbage": _garbage, "appended": _append, "empty": _empty, "flipped": _flip}
+
+
+@pytest.mark.parametrize("how", DAMAGE)
+def test_damaged_source_file_is_rewritten(cache, how):
+    lin, kdir = cache
+    DAMAGE[how](kdir / f"{lin.key}.py")
+    k = lin.load()
+    assert k.path.read_text() == k.source
+    assert lin.run(k) == (2, 0)  # the same source as before: Numba's cache still holds
+    assert_healthy(lin, kdir)
+
+
+@pytest.mark.parametrize("kind", ["nbi", "nbc"])
+@pytest.mark.parametrize("how", DAMAGE)
+def test_damaged_numba_cache_file_is_detected_and_rebuilt(cache, kind, how):
+    lin, kdir = cache
+    (target,) = _files(kdir, lin.key, f"dl_grad_rows-*.{kind}")
+    DAMAGE[how](target)
+    assert lin.run(lin.load()) == (1, 1)  # the forward from the cache; the gradient compiled again
+    assert_healthy(lin, kdir)
+
+
+def test_data_file_of_another_function_is_not_loaded(cache):
+    """An index naming a data file that holds another function's code (files swapped, or two
+    processes numbering their files alike): the code is not run as this function."""
+    lin, kdir = cache
+    (fwd,) = _files(kdir, lin.key, "dl_forward_rows-*.nbc")
+    (grad,) = _files(kdir, lin.key, "dl_grad_rows-*.nbc")
+    shutil.copyfile(fwd, grad)
+    assert lin.run(lin.load()) == (1, 1)
+    assert_healthy(lin, kdir)
+
+
+def test_stale_pyc_beside_the_source_is_never_run(cache):
+    """A .pyc of other code, stamped with the source's size and time, as Python's import
+    system would accept it: dlang compiles the checked source itself and never reads it."""
+    import importlib._bootstrap_external as bx
+    import importlib.util
+
+    lin, kdir = cache
+    path = kdir / f"{lin.key}.py"
+    st = path.stat()
+    code = compile(path.read_text() + "\ndef dl_grad_rows(*args):\n    raise RuntimeError('stale pyc')\n",
+                   str(path), "exec")
+    pyc = Path(importlib.util.cache_from_source(str(path)))
+    pyc.write_bytes(bytes(bx._code_to_timestamp_pyc(code, int(st.st_mtime), st.st_size)))
+    assert lin.run(lin.load()) == (2, 0)
+
+
+HELPER = "from numba import njit\n\n@njit(cache=True)\ndef helper(x):\n    return x * 2.0 + 1.0\n"
+
+
+def test_damaged_cache_of_a_runtime_style_helper_is_rebuilt_in_numbas_format(tmp_path, monkeypatch):
+    """dlang.runtime's helpers keep Numba's own file format (other code may load them), checked
+    the same way as far as that format allows: a garbage index or data file reads as missing."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "dl_helper_mod.py").write_text(HELPER)
+
+    def load(checked: bool):
+        sys.modules.pop("dl_helper_mod", None)
+        mod = importlib.import_module("dl_helper_mod")
+        if checked:
+            kmod._check_numba_cache(mod.helper, sealed=False)
+        assert mod.helper(2.0) == 5.0
+        s = mod.helper.stats
+        return sum(s.cache_hits.values()), sum(s.cache_misses.values())
+
+    assert load(True) == (0, 1)
+    assert load(False) == (1, 0)  # written in Numba's format: plain Numba reads it
+    for pattern in ("*.nbi", "*.nbc"):
+        (target,) = (tmp_path / "__pycache__").glob(f"dl_helper_mod.helper-{pattern}")
+        _garbage(target)
+        assert load(True) == (0, 1)
+        assert load(False) == (1, 0)
+    sys.modules.pop("dl_helper_mod", None)
+
+
+def test_numba_failing_to_write_its_cache_is_not_an_error(pristine, tmp_path, monkeypatch):
+    """The disk fills as Numba writes a cache file: the kernels still run (compiled in memory)."""
+    from numba.core.caching import IndexDataCacheFile
+
+    lin, _ = pristine
+    kdir = tmp_path / "cache" / "kernels"
+    monkeypatch.setenv("DLANG_CACHE_DIR", str(kdir.parent))
+    real = IndexDataCacheFile._open_for_write
+
+    def full(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(IndexDataCacheFile, "_open_for_write", full)
+    assert lin.run(lin.load()) == (0, 2)
+    assert list((kdir / "__pycache__").iterdir()) == []
+    monkeypatch.setattr(IndexDataCacheFile, "_open_for_write", real)
+    assert lin.run(lin.load()) == (0, 2)  # room again: compiled and cached this time
+    assert_healthy(lin, kdir)
+
+
+def _fallback_in(tmp_path, monkeypatch) -> Path:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    return tmp
+
+
+def _check_fallback(lin: Lin, capsys, unusable: Path, expected_dir: Path | None) -> Path:
+    k = lin.load()
+    assert lin.run(k) == (0, 2)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"dlang: warning: cannot write the kernel cache {unusable}"), err
+    if expected_dir is not None:
+        assert k.path.parent == expected_dir
+    assert lin.run(lin.load()) == (2, 0), "the fallback directory caches too"
+    assert capsys.readouterr().err == "", "the warning is given once"
+    return k.path.parent
+
+
+@pytest.mark.parametrize("where", ["cache dir", "kernels dir", "__pycache__", "source file"])
+def test_cache_path_that_is_not_a_directory_falls_back(pristine, tmp_path, monkeypatch, capsys, where):
+    lin, _ = pristine
+    tmp = _fallback_in(tmp_path, monkeypatch)
+    root = tmp_path / "cache"
+    kdir = root / "kernels"
+    unusable = kdir
+    if where == "cache dir":
+        root.write_text("not a directory")
+    elif where == "kernels dir":
+        root.mkdir()
+        kdir.write_text("not a directory")
+    elif where == "__pycache__":
+        kdir.mkdir(parents=True)
+        (kdir / "__pycache__").write_text("not a directory")
+    else:
+        (kdir / f"{lin.key}.py").mkdir(parents=True)
+        unusable = kdir / f"{lin.key}.py"
+    monkeypatch.setenv("DLANG_CACHE_DIR", str(root))
+    _check_fallback(lin, capsys, unusable, tmp / f"dlang-{os.getuid()}" / "kernels")
+
+
+def test_unwritable_cache_falls_back(pristine, tmp_path, monkeypatch, capsys):
+    """Writes into the cache fail with EACCES (as for a read-only directory: root ignores chmod,
+    so the refusal is injected)."""
+    lin, _ = pristine
+    tmp = _fallback_in(tmp_path, monkeypatch)
+    root = tmp_path / "ro-cache"
+    (root / "kernels" / "__pycache__").mkdir(parents=True)
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kw):
+        if dir is not None and Path(dir).is_relative_to(root):
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setenv("DLANG_CACHE_DIR", str(root))
+    _check_fallback(lin, capsys, root / "kernels", tmp / f"dlang-{os.getuid()}" / "kernels")
+    assert list(root.rglob("*.py")) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write a read-only directory")
+def test_read_only_cache_falls_back(pristine, tmp_path, monkeypatch, capsys):
+    lin, _ = pristine
+    tmp = _fallback_in(tmp_path, monkeypatch)
+    root = tmp_path / "ro-cache"
+    (root / "kernels").mkdir(parents=True)
+    for d in (root / "kernels", root):
+        d.chmod(0o555)
+    monkeypatch.setenv("DLANG_CACHE_DIR", str(root))
+    try:
+        _check_fallback(lin, capsys, root / "kernels", tmp / f"dlang-{os.getuid()}" / "kernels")
+    finally:
+        for d in (root, root / "kernels"):
+            d.chmod(0o755)
+
+
+def test_shared_fallback_directory_not_ours_is_not_used(pristine, tmp_path, monkeypatch, capsys):
+    """Another user could have made /tmp/dlang-<uid> to plant kernels: a fallback directory
+    others can write is refused for a new private one."""
+    lin, _ = pristine
+    tmp = _fallback_in(tmp_path, monkeypatch)
+    shared = tmp / f"dlang-{os.getuid()}"
+    shared.mkdir()
+    shared.chmod(0o777)
+    root = tmp_path / "cache-file"
+    root.write_text("")
+    monkeypatch.setenv("DLANG_CACHE_DIR", str(root))
+    used = _check_fallback(lin, capsys, root / "kernels", None)
+    assert used.parent == tmp and used.name.startswith("dlang-kernels-")
+    assert list(shared.iterdir()) == []
+
+
+# ---- D. concurrency ---------------------------------------------------------------------------
+
+# A new program (not compiled by any other test): each process loads dlang and Numba, says it is
+# ready, waits for the word, then compiles and runs `dlang grad --check --json`.
+RACE_PROGRAM = ("data x, y\nparam a = 0.75\nparam c[2] = 0.5\na2 = a\nfor i in 0..3 {\n  if x > i { a2 = a2 * a }\n"
+                "}\nloss (a2 * x + c[0] * sin(x) + c[1] - y)^2\n")
+RACE_SCRIPT = """
+import os, sys, time
+import numba, dlang.cli, dlang.kernels, dlang.commands
+ready, go = sys.argv[1:3]
+open(ready, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.002)
+dlang.cli.main(sys.argv[3:])
+"""
+
+
+def test_two_processes_compile_the_same_new_program_at_once(tmp_path):
+    prog = tmp_path / "race.dl"
+    prog.write_text(RACE_PROGRAM)
+    csv = tmp_path / "race.csv"
+    csv.write_text("x,y\n0.5,1\n1.5,2\n2.5,-1\n")
+    expected = None
+    for rep in range(2):
+        cache = tmp_path / f"cache{rep}"
+        env = dict(os.environ, DLANG_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
+        go = tmp_path / f"go{rep}"
+        procs = []
+        for p in range(2):
+            ready = tmp_path / f"ready{rep}-{p}"
+            procs.append((ready, subprocess.Popen(
+                [sys.executable, "-c", RACE_SCRIPT, str(ready), str(go), "grad", str(prog), "--data", str(csv),
+                 "--check", "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        deadline = time.monotonic() + 60
+        while not all(r.exists() for r, _ in procs) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        go.touch()
+        results = [p.communicate(timeout=120) + (p.returncode,) for _, p in procs]
+        for out, err, code in results:
+            assert code == 0, err
+            report = json.loads(out)
+            assert report["check"]["passed"], report
+            expected = expected or report
+            assert report == expected  # bit for bit, across processes and repetitions
+        kdir = cache / "kernels"
+        assert len(list(kdir.glob("k_*.py"))) == 1
+        assert not [p for p in kdir.rglob("*") if "tmp" in p.name or p.name.startswith(".")]
+    # the last cache is whole: a new load compiles nothing
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DLANG_CACHE_DIR", str(cache))
+        program = load_program(str(prog))
+        data, params = load_data(program, str(csv)), load_params(program, None)
+        sys.modules.pop(kmod.compile_kernels(program).module.__name__)
+        k = compile_kernels(program)
+        assert k.grad(data, params)[0] == pytest.approx(expected["loss"], rel=1e-15)
+        k.loss(data, params)
+        stats = [k.module.dl_forward_rows.stats, k.module.dl_grad_rows.stats]
+        assert [sum(s.cache_misses.values()) for s in stats] == [0, 0]
+        assert [sum(s.cache_hits.values()) for s in stats] == [1, 1]
