@@ -37,7 +37,7 @@ def load_params(program: Program, path: str | None, seed: int = 0) -> dict:
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         col = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
-        raise _error(path, f"the params file is not UTF-8 text: byte 0x{raw[err.start]:02x} cannot be read",
+        raise _error(path, f"cannot read the params file as UTF-8 text: byte 0x{raw[err.start]:02x} is not UTF-8",
                      Span(line, col, line, col + 1), raw.decode("utf-8", errors="replace")) from None
     try:
         values = json.loads(text, parse_constant=_JsonConstant, object_pairs_hook=_unique_keys)
