@@ -105,8 +105,8 @@ def grad(
     """Print the loss (mean over the data rows) and d(loss)/d(param) for every param."""
     from . import commands, render
 
-    report = commands.grad(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows), check)
-    _note(report.data_note)
+    report = commands.grad(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows, _note),
+                           check)
     if json_out:
         typer.echo(render.grad_json(report))
     else:
@@ -157,7 +157,7 @@ def train(
     from .train import TrainOptions
 
     options = TrainOptions(optimizer.value, epochs, lr, batch_size, seed, tol, patience)
-    run_options = commands.RunOptions(const, max_iterations, drop_bad_rows)
+    run_options = commands.RunOptions(const, max_iterations, drop_bad_rows, _note)
     interrupted = {"count": 0}
 
     def on_sigint(signum, frame):  # stop between batches: a compiled kernel cannot be interrupted
@@ -169,7 +169,7 @@ def train(
     try:
         with render.TrainProgress(json_out) as progress:
             run = commands.train(program, data, init, run_options, options, out, history, progress.update,
-                                 lambda: interrupted["count"] > 0, _note)
+                                 lambda: interrupted["count"] > 0)
     finally:
         signal.signal(signal.SIGINT, previous)
     render.show_trained(run, json_out)
@@ -194,8 +194,8 @@ def run(
     """Evaluate PROGRAM on every data row: each row's loss and outputs as CSV; the mean loss on stderr."""
     from . import commands, render
 
-    report = commands.run(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows), out)
-    _note(report.data_note)
+    report = commands.run(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows, _note),
+                          out)
     render.write_run(report, out)
 
 
@@ -217,8 +217,8 @@ def bench(
 
     from . import commands, render
 
-    report = commands.bench(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows),
-                            repeat, threads)
+    report = commands.bench(program, data, params,
+                            commands.RunOptions(const, max_iterations, drop_bad_rows, _note), repeat, threads)
     if json_out:
         typer.echo(json.dumps(report.as_json()))
     else:

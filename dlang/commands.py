@@ -34,6 +34,7 @@ class RunOptions:
     consts: list[str] | None = None
     max_iterations: int = DEFAULT_MAX_ITERATIONS  # --max-iterations: the cap on a while loop's trips
     drop_bad_rows: bool = False  # --drop-bad-rows: skip (and count) rows with a bad cell
+    on_note: object = None  # called at once with the line saying what --drop-bad-rows skipped
 
     def __post_init__(self):
         if self.max_iterations < 1:
@@ -45,10 +46,13 @@ def _options(options: "RunOptions | list[str] | None") -> RunOptions:
 
 
 def load_inputs(program_path: str, data_path: str | None, options: RunOptions):
-    """The checked program and its data (and the note on skipped rows)."""
+    """The checked program, its data (a DataFile) and the note on skipped rows."""
     program = load_program(program_path, options.consts)
     data = read_data(program, data_path, options.drop_bad_rows)
-    return program, data.matrix, data.note(data_path) if data_path else None
+    note = data.note(data_path) if data_path else None
+    if note and options.on_note:
+        options.on_note(note)
+    return program, data, note
 
 
 def prepare(program_path: str, data_path: str | None, params_path: str | None,
@@ -58,7 +62,8 @@ def prepare(program_path: str, data_path: str | None, params_path: str | None,
     program, data, note = load_inputs(program_path, data_path, options)
     params = load_params(program, params_path)
     kernels = compile_kernels(program, options.max_iterations)
-    return Prepared(program, kernels, data, params, note)
+    kernels.row_numbers = data.rows
+    return Prepared(program, kernels, data.matrix, params, note)
 
 
 _VERBS = {"grad": "differentiate", "train": "fit"}
@@ -118,21 +123,21 @@ class TrainRun:
 
 def train(program_path: str, data_path: str | None, init_path: str | None,
           run_options: "RunOptions | list[str] | None", options, out_path: str | None, history_path: str | None,
-          on_epoch=None, should_stop=lambda: False, on_note=None) -> TrainRun:
+          on_epoch=None, should_stop=lambda: False) -> TrainRun:
     """Fit the params; write the best ones to out_path (atomically) however training ends."""
     from .train import Trainer
 
     run_options = _options(run_options)
-    program, data, note = load_inputs(program_path, data_path, run_options)
+    program, datafile, note = load_inputs(program_path, data_path, run_options)
+    data = datafile.matrix
     require_loss(program, "train")
-    if note and on_note:
-        on_note(note)
     params = load_params(program, init_path, options.seed)
     out = out_path or default_out(program_path)
     _check_writable(out, "--out")
     if history_path:
         _check_writable(history_path, "--history")
     kernels = compile_kernels(program, run_options.max_iterations)
+    kernels.row_numbers = datafile.rows
     check_tape_fits(kernels.adjoint, "train")
     trainer = Trainer(kernels, data, params, options)
     finished = False
@@ -237,7 +242,7 @@ def prepare_inputs(program_path, data_path, params_path, consts_text, max_iterat
     consts = [c for c in consts_text.split("\n") if c] if consts_text else None
     options = RunOptions(consts, int(max_iterations), drop_bad_rows == "1")
     program, data, _ = load_inputs(program_path, data_path or None, options)
-    return program, data, load_params(program, params_path or None), options.max_iterations
+    return program, data.matrix, load_params(program, params_path or None), options.max_iterations
 
 
 def _compile_seconds(args: list[str], env: dict) -> float:

@@ -106,6 +106,7 @@ class DataFile:
     dropped: int = 0
     total: int = 0  # data rows in the file, bad ones included
     first_problem: str | None = None  # why the first skipped row was bad
+    rows: object = None  # with skipped rows: the file's data-row number (from 1) of each row kept
 
     def note(self, path: str) -> str | None:
         """The line the CLI prints about skipped rows, or None."""
@@ -266,8 +267,10 @@ def _drop_bad_rows(path: str, header: list[str], cols: list[int], body: list[lis
     """--drop-bad-rows: keep the rows whose cells the program reads are all finite numbers."""
     problems = {r: message for r, _, message in _row_problems(header, cols, body, lines)}
     kept = [[float(row[c]) for c in cols] for r, row in enumerate(body) if r not in problems]
+    numbers = np.array([r + 1 for r in range(len(body)) if r not in problems])
     first = next(iter(problems.values()), None)
     if not kept:
         raise _error(path, f"every one of the {len(body):,} data rows is bad, so none is left "
                            f"(--drop-bad-rows); the first: {first}")
-    return DataFile(np.array(kept, dtype=np.float64).reshape(len(kept), len(cols)), len(problems), len(body), first)
+    return DataFile(np.array(kept, dtype=np.float64).reshape(len(kept), len(cols)), len(problems), len(body), first,
+                    numbers if problems else None)

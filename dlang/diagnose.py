@@ -29,7 +29,7 @@ def non_finite_origin(kernels, data: np.ndarray, params: dict, what: str) -> Run
         values[d.name] = cells.reshape(d.type.shape).copy() if d.type.shape else float(cells[0])
     with np.errstate(all="ignore"):
         found = first_non_finite(kernels.adjoint, len(program.body.eqns), values, params, kernels.max_iterations)
-    where = f"data row {row + 1}" if program.data else "the program"
+    where = f"data row {kernels.row_label(data, row)}" if program.data else "the program"
     path = program.source_path
     if not isinstance(found, tuple):  # the row alone is finite in the interpreter, or too long to trace
         reason = ("tracing it would take too long" if found == "too long"

@@ -113,6 +113,14 @@ class Kernels:
     path: Path
     module: object
     max_iterations: int = DEFAULT_MAX_ITERATIONS
+    row_numbers: object = None  # the file's data-row number of each row, when --drop-bad-rows skipped some
+
+    def row_label(self, data: np.ndarray, r: int) -> int:
+        """The data-row number a user sees for row r of `data` (the file's numbering)."""
+        numbers = self.row_numbers
+        if numbers is not None and len(numbers) == data.shape[0]:
+            return int(numbers[r])
+        return r + 1
     _tapes: tuple | None = None
     _chunk_tapes: tuple = (256, 64)  # float and int words each chunk's tapes start with
     tape_bytes_per_row: float = 0.0  # of the last grad call: 8 bytes per value taped, mean over rows
@@ -204,7 +212,7 @@ class _FaultReport:
 
     def fail(self, what: str, line: int, col: int):
         row = self._find_row(adjoint=what == "tape")
-        where = f" (data row {row + 1})" if row is not None else ""
+        where = f" (data row {self.kernels.row_label(self.data, row)})" if row is not None else ""
         note = None
         if what == "index":
             message = f"an index is out of range{where}"

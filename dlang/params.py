@@ -170,9 +170,23 @@ def write_params(path: str, params: dict) -> None:
 
 def write_text_atomically(path: str, text: str) -> None:
     """A temporary file in the same directory, flushed to disk, then renamed over `path`:
-    a reader sees the old file or the new one, never half of one."""
+    a reader sees the old file or the new one, never half of one. A symlink is followed (the
+    file it points to is replaced); a path that is not a regular file (a FIFO, /dev/stdout) is
+    written directly. A failed write (a full disk) is a user error; the old file stays whole."""
+    if os.path.islink(path):
+        path = os.path.realpath(path)
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        try:
+            with open(path, "w") as f:
+                f.write(text)
+        except OSError as err:
+            raise InputError(f"cannot write {path}: {err.strerror or err}") from None
+        return
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as err:
+        raise InputError(f"cannot write {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
@@ -182,7 +196,10 @@ def write_text_atomically(path: str, text: str) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise InputError(f"cannot write {path}: {err.strerror or err}; the file there before "
+                             "(if any) is unchanged") from None
         raise

@@ -209,3 +209,54 @@ def test_nesting_past_what_the_kernels_can_compile_is_a_located_error(run_cli, w
     _user_error(r, f"{deep}:{line}:1: error: {what} {limit + 1} deep here",
                 f"the compiled kernels allow at most {limit}")
     assert run_cli("check", deep).code == 0  # the program itself is fine: only compiling it is not
+
+
+# ---- files dlang writes ------------------------------------------------------------------------
+
+
+LIN = "data x, y\nparam a = 0.5\nparam b = -0.25\nloss (a * x + b - y)^2\n"
+
+
+def test_a_failed_write_is_a_user_error_and_the_old_file_stays(run_cli, write_program, csv, tmp_path, monkeypatch):
+    import os
+
+    prog = write_program(LIN, "lin.dl")
+    data = csv("x,y\n1,2\n2,3.5\n-1,0.25\n")
+    out = tmp_path / "out.csv"
+    out.write_text("old\n")
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    r = run_cli("run", prog, "--data", data, "--out", out)
+    _user_error(r, f"cannot write {out}: No space left on device", "unchanged")
+    assert out.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.csv", "lin.dl", "out.csv"]  # no temp file left
+
+
+def test_out_through_a_symlink_writes_the_file_it_points_to(run_cli, write_program, csv, tmp_path):
+    prog = write_program(LIN, "lin.dl")
+    data = csv("x,y\n1,2\n2,3.5\n-1,0.25\n")
+    target = tmp_path / "target.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    r = run_cli("run", prog, "--data", data, "--out", link)
+    assert r.code == 0, r.err
+    assert link.is_symlink() and target.read_text().startswith("loss\n")
+
+
+def test_run_out_in_a_missing_directory_is_refused_before_running(run_cli, write_program, csv, tmp_path):
+    prog = write_program(LIN, "lin.dl")
+    _user_error(run_cli("run", prog, "--data", csv("x,y\n1,2\n"), "--out", tmp_path / "nodir" / "r.csv"),
+                "--out", "does not exist")
+    _user_error(run_cli("run", prog, "--data", csv("x,y\n1,2\n"), "--out", tmp_path), "--out", "is a directory")
+
+
+def test_with_dropped_rows_faults_name_the_row_of_the_file(run_cli, write_program, csv):
+    prog = write_program(RUNAWAY, "runaway.dl")
+    data = csv("x\nabc\n-1\n2\n")  # row 1 is skipped; row 3 (x = 2) never leaves its loop
+    r = run_cli("grad", prog, "--data", data, "--drop-bad-rows", "--max-iterations", "100")
+    _user_error(r, "skipped 1 bad row of 3", "ran more than 100 times (data row 3)")
+    assert r.err.index("skipped 1 bad row") < r.err.index("ran more than")  # the note comes first
