@@ -225,6 +225,16 @@ def bench(
         render.show_bench(report)
 
 
+def _caused_by(err: BaseException, kind: type) -> bool:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, kind):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False
+
+
 def _note(text: str | None) -> None:
     """A line for the user on stderr (what --drop-bad-rows skipped, say)."""
     if text:
@@ -241,6 +251,8 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit as ex:
         # Typer exits 2 on a bad option or argument (after printing why); a bad option is a
         # user error like any other, so it exits 1.
+        if ex.code == 130 and _caused_by(ex, KeyboardInterrupt):  # Typer turned Ctrl-C into exit 130
+            sys.stderr.write("dlang: interrupted\n")
         sys.exit(1 if ex.code == 2 else ex.code)
     except DlangError as err:
         from .render import print_error

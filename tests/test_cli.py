@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from dlang.frontend import load_program, parse_source, read_source
 from dlang.irtext import print_program
 from dlang.nodes import dump
@@ -89,3 +91,20 @@ def test_a_real_process_flushes_all_its_output_before_its_fast_exit(run_cli):
     r = _run_dlang("emit", program, "--stage", "kernel")
     assert r.returncode == 0 and inproc.code == 0
     assert len(r.stdout) > 10_000 and r.stdout == inproc.out
+
+
+def test_ctrl_c_outside_training_says_interrupted_and_exits_130(tmp_path):
+    import signal
+    import time
+
+    env = dict(os.environ, DLANG_CACHE_DIR=str(tmp_path / "cache"))  # a cold compile: seconds of Python
+    proc = subprocess.Popen([sys.executable, "-m", "dlang.cli", "grad", str(PROJECTILE), "--data",
+                             str(PROGRAMS / "data" / "projectile.csv")], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("the command finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert err.strip() == "dlang: interrupted"
