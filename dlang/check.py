@@ -560,10 +560,33 @@ class _Checker:
             return POISON
         if name in self.declared:  # a declaration that failed: already reported
             return POISON
-        self.report(f"unknown name '{name}'{self.suggest(name, scope)}", span,
-                    note=self.fn_scope_note(name, scope))
+        later = self.assigned_later(name, span)
+        if later is not None and scope.fn is None:
+            self.report(f"'{name}' is used before it is assigned (at line {later.line})", span,
+                        note=f"assign '{name}' before this line, or move this use after line {later.line}")
+        else:
+            self.report(f"unknown name '{name}'{self.suggest(name, scope)}", span,
+                        note=self.fn_scope_note(name, scope))
         scope.locals[name] = _Binding(POISON, span)
         return POISON
+
+    def assigned_later(self, name: str, span: Span) -> Span | None:
+        """Where the program body first assigns `name` after `span`, if it does."""
+        if not hasattr(self, "_assigned"):
+            self._assigned: dict[str, list[Span]] = {}
+
+            def scan(items) -> None:
+                for item in items:
+                    if isinstance(item, n.Assign):
+                        self._assigned.setdefault(item.target.name, []).append(item.span)
+                    for inner in (getattr(item, "body", None), getattr(item, "then", None),
+                                  getattr(item, "orelse", None)):
+                        if inner and not isinstance(item, n.FnDef):
+                            scan(inner)
+
+            scan(self.prog.items)
+        after = [s for s in self._assigned.get(name, []) if (s.line, s.col) > (span.line, span.col)]
+        return after[0] if after else None
 
     def suggest(self, name: str, scope: _Scope) -> str:
         known = [k for k in scope.locals if not k.startswith("$")] + list(self.declared)

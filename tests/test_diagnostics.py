@@ -914,3 +914,13 @@ def test_number_literals(write_program, literal, value):
 def test_power_and_unary_minus_precedence(write_program):
     prog = load_program(str(write_program("x = 3.0\nloss -x^2 + 2.0^3^2 + x^-2 - -x\n")))
     assert program_loss(prog, None) == pytest.approx(-9.0 + 512.0 + 1.0 / 9.0 + 3.0)
+
+
+def test_a_name_used_before_its_assignment_says_so(run_cli, write_program):
+    prog = write_program("param a = 1.0\ny = x + a\nfor i in 0..2 {\n    x = 2.0\n}\nloss y^2\n")
+    r = run_cli("check", prog)
+    assert r.code == 1
+    assert f"{prog}:2:5: error: 'x' is used before it is assigned (at line 4)" in r.err
+    assert "move this use after line 4" in r.err and "unknown name" not in r.err
+    r = run_cli("check", write_program("param a = 1.0\ny = q + a\nloss y^2\n", "q.dl"))
+    assert "unknown name 'q'" in r.err  # a name never assigned is still unknown
