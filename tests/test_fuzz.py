@@ -1,26 +1,32 @@
 """Fuzzing with Hypothesis, in process: bad input, faults and hostile programs.
 
 Part 1 feeds the front end (parse_source and compile_source) random bytes, odd Unicode,
-random sequences of the language's own tokens and random mutations of the example programs.
+random sequences of the language's own tokens, random grammatical programs over a small pool
+of colliding names, random mutations of the example programs and random --const overrides.
 Every outcome must be a program or a DlangError whose diagnostics are plain sentences at
 places inside the source; anything else (IndexError, KeyError, RecursionError, a Lark
-internal, ...) is a bug.
+internal, ...) is a bug. Programs that compile must also print and re-parse as IR and
+differentiate.
 
 Part 2 generates random well-typed programs (data, params, consts, functions, for and while
 loops, if/else, arrays, builtins, losses), checks that each compiles cleanly, and compares
 the adjoint program's gradient with finite differences of the forward loss: many programs
 through the reference interpreter, a few through the compiled Numba kernels, one through
-`dlang grad --check`.
+`dlang grad --check`. It also checks that laying a program out differently (comments, `;`,
+line ends, newlines inside parentheses) does not change its IR, and that the gradient check
+notices a deliberately wrong derivative rule.
 
-CI runs a few hundred examples per test (the whole file in well under a minute). A longer
-run is one command:
+The last section holds the bugs the fuzzers found, each as a plain test of its smallest input.
+
+CI runs a few hundred examples per fuzz test (four for the compiled kernels), the whole file
+in under a minute. A longer run is one command:
 
     DLANG_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz.py -q
 
-which runs that many examples in every test, except the compiled-kernel test, which caps
-itself at KERNEL_EXAMPLES_CAP (each example there costs a Numba compile of a few seconds).
-Examples are derandomized (a fixed seed per test, no example database), so a run is
-repeatable.
+which runs that many examples in every fuzz test, except the compiled-kernel test, capped at
+KERNEL_EXAMPLES_CAP (each example costs a Numba compile), and the layout test, capped at
+LAYOUT_EXAMPLES_CAP. Examples are derandomized (a fixed seed per test, no example database),
+so a run is repeatable; when one fails, Hypothesis prints the smallest program it found.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import math
 import os
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +55,8 @@ from conftest import PROGRAMS
 # ---- how many examples ------------------------------------------------------------------------
 
 FUZZ_EXAMPLES = int(os.environ.get("DLANG_FUZZ_EXAMPLES", "0") or 0)
-KERNEL_EXAMPLES_CAP = 200
+KERNEL_EXAMPLES_CAP = 100  # each example costs a Numba compile of 1-3 s
+LAYOUT_EXAMPLES_CAP = 5000  # two compiles of a generated program each, and part 2 covers them too
 
 
 def fuzz_settings(ci_examples: int, cap: int | None = None) -> settings:
@@ -77,12 +84,9 @@ def _unquoted(message: str) -> str:
     return re.sub(r"'[^'\n]*'|\"[^\"\n]*\"", "''", message)
 
 
-def check_error(err: DlangError, source: str) -> None:
-    """A DlangError from the front end: plain located sentences, and a rendering that works."""
-    assert isinstance(err, ProgramError), f"the front end raised {type(err).__name__}, not ProgramError"
-    assert err.diagnostics, "a ProgramError with no diagnostics"
-    text = source.replace("\r\n", "\n").replace("\r", "\n")  # as the front end sees it
-    lines = text.split("\n")
+def check_sentences(err: DlangError) -> None:
+    """Every diagnostic is a plain one-line sentence (and a note, if any, too)."""
+    assert err.diagnostics, f"a {type(err).__name__} with no diagnostics"
     for d in err.diagnostics:
         msg = d.message
         assert isinstance(msg, str) and msg.strip() == msg and msg, f"empty or padded message {msg!r}"
@@ -91,9 +95,21 @@ def check_error(err: DlangError, source: str) -> None:
         assert not _INTERNAL.search(_unquoted(msg)), f"internal text in a message: {msg!r}"
         if d.note is not None:
             assert d.note.strip() and "\n" not in d.note and not _INTERNAL.search(_unquoted(d.note)), d.note
+    assert str(err) == err.render()
+
+
+def check_error(err: DlangError, source: str) -> None:
+    """A DlangError from the front end: plain located sentences, and a rendering that works."""
+    assert isinstance(err, ProgramError), f"the front end raised {type(err).__name__}, not ProgramError"
+    check_sentences(err)
+    text = source.replace("\r\n", "\n").replace("\r", "\n")  # as the front end sees it
+    lines = text.split("\n")
+    for d in err.diagnostics:
+        msg = d.message
         assert d.path == PATH, f"diagnostic without the file's path: {d!r}"
         if d.span is None:
-            assert msg == "the program is nested too deeply to check", f"a program error with no place: {msg!r}"
+            assert msg == "the program is nested too deeply to check" or msg.startswith("--const "), (
+                f"a program error with no place: {msg!r}")
             continue
         s = d.span
         assert 1 <= s.line <= len(lines) + 1, f"line {s.line} outside a {len(lines)}-line source: {msg!r}"
@@ -358,6 +374,39 @@ def test_random_grammatical_programs_never_crash_the_front_end(text):
     if prog is not None:
         event("grammatical program compiles")
         deep_checks(prog)
+
+
+CONST_PROGRAMS = {name: text for name, text in PROGRAM_TEXTS.items() if re.search(r"^const ", text, re.M)}
+const_values = st.one_of(
+    st.sampled_from(["3", "0", "-1", "2.5", ".5", "1e-3", "1e999", "-0", "9223372036854775807",
+                     "9223372036854775808", "-9223372036854775808", "nan", "inf", "1_000", "0x10", " 7 ", ""]),
+    st.text(alphabet="0123456789.eE+- x_=", max_size=12),
+)
+
+
+@fuzz_settings(300)
+@given(st.sampled_from(sorted(CONST_PROGRAMS)), st.data())
+def test_const_overrides_are_a_program_or_a_plain_error(name, data):
+    """`--const NAME=VALUE` pairs, right and wrong, on the example programs with consts."""
+    source = CONST_PROGRAMS[name]
+    names = sorted(set(re.findall(r"^const (\w+)", source, re.M))) + ["x", "no_such", "data", ""]
+    pairs = data.draw(st.lists(st.one_of(
+        st.tuples(st.sampled_from(names), st.sampled_from(["=", "=", " = ", ":", ""]), const_values).map("".join),
+        st.text(alphabet="abcxyz_=0123456789.- ", max_size=10),
+    ), max_size=3))
+    try:
+        prog = compile_source(source, PATH, pairs)
+    except ProgramError as err:
+        check_error(err, source)
+    except DlangError as err:
+        check_sentences(err)
+        assert all(d.message.startswith("--const ") for d in err.diagnostics), err.render()
+    else:
+        consts = dict(prog.consts)
+        for pair in pairs:  # the last value given for a name is the one used
+            key, _, value = pair.partition("=")
+            if key.strip() in consts and [p for p in pairs if p.partition("=")[0].strip() == key.strip()][-1] == pair:
+                assert consts[key.strip()] == pytest.approx(float(value)), (pair, consts)
 
 
 @fuzz_settings(300)
@@ -1004,6 +1053,47 @@ def test_generated_programs_compiled_kernels_match_interpreter_and_finite_differ
     assert_grads_close(grads, fd, rel=RTOL, what="compiled kernels")
 
 
+def relayout(source: str, c: Chooser) -> str:
+    """The same program laid out differently: indentation, blank and comment lines, trailing
+    comments, `;` between statements, `else` on its own line, newlines inside parentheses and
+    CRLF or CR line ends. None of it may change the program's IR (apart from source places)."""
+    out: list[str] = []
+    for line in source.rstrip("\n").split("\n"):
+        if c.chance(20):
+            out.append(c.pick(["", "   ", "# a comment", "\t# { ( [ ; \\ ", "#"]))
+        if line.startswith("} else") and c.chance(50):
+            out += ["}", line[2:]]
+            continue
+        if "(" in line and c.chance(30):
+            k = c.pick([i for i, ch in enumerate(line) if ch == "("])
+            line = line[:k + 1] + "\n" + c.pick(["", "    ", "# inside parentheses\n"]) + line[k + 1:]
+        can_join = out and out[-1].strip() and "#" not in out[-1] and not out[-1].rstrip().endswith(("{", "}"))
+        if can_join and not line.lstrip().startswith(("}", "else")) and c.chance(20):
+            out[-1] += c.pick(["; ", ";", " ;; "]) + line.lstrip()
+            continue
+        out.append(c.pick(["", "  ", "\t"]) + line + c.pick(["", "", " ", "  # trailing ; { comment"]))
+    return c.pick(["\n", "\r\n", "\r"]).join(out) + c.pick(["\n", "", "\n\n"])
+
+
+def _without_places(prog: ir.Program) -> str:
+    return re.sub(r"  @\d+:\d+", "", print_program(replace(prog, source_path=None)))
+
+
+@fuzz_settings(150, cap=LAYOUT_EXAMPLES_CAP)
+@given(well_typed_programs(), st.integers(0, 2**32))
+def test_layout_does_not_change_a_generated_program(g, seed):
+    prog = compile_source(g.source, "gen.dl")
+    text = relayout(g.source, Chooser(rng=random.Random(seed)))
+    note(text)
+    again = compile_source(text, "gen.dl")
+    assert _without_places(again) == _without_places(prog)
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for stmt in ir.walk(again.body):  # every place the IR keeps (for runtime faults) is in the source
+        if stmt.loc is not None:
+            line, col = stmt.loc
+            assert 1 <= line <= len(lines) and 1 <= col <= len(lines[line - 1]), (stmt.loc, stmt)
+
+
 @pytest.mark.parametrize("op, wrong", [("cos", "sin"), ("div", "mul"), ("pow", "mul"), ("tanh", "sigmoid")])
 def test_the_gradient_check_catches_a_wrong_derivative_rule(monkeypatch, op, wrong):
     """The harness has teeth: with one derivative rule swapped for another's, some of the first
@@ -1023,7 +1113,7 @@ def test_the_gradient_check_catches_a_wrong_derivative_rule(monkeypatch, op, wro
 
 def _rich_program() -> GenProgram:
     """The first seeded program with data, a function, a for loop, a while loop and an if."""
-    want = {"data", "fn", "for", "while", "if", "vector"}
+    want = {"data", "fn", "call", "for", "while", "if", "vector"}
     for seed in range(10_000):
         g = generate_program(Chooser(rng=random.Random(seed)), smooth=True, seed=seed % 4)
         if want <= g.features and len(g.rows) >= 2:
