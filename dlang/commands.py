@@ -119,6 +119,7 @@ class TrainRun:
     prepared: Prepared
     result: object  # train.TrainResult
     out: str
+    written: bool = True  # whether the params were written to `out`
 
 
 def train(program_path: str, data_path: str | None, init_path: str | None,
@@ -140,7 +141,7 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
     kernels.row_numbers = datafile.rows
     check_tape_fits(kernels.adjoint, "train")
     trainer = Trainer(kernels, data, params, options)
-    finished = False
+    finished = written = False
     try:
         result = trainer.run(on_epoch, should_stop)
         finished = True
@@ -148,16 +149,19 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
         if trainer.history or (finished and not os.path.exists(out)):
             best = trainer.flat.unpack(trainer.best_x)
             write_params(out, best)
+            written = True
     if history_path:
         write_history(history_path, result.history)
     if result.status == "non-finite" and trainer.bad_point is not None:
         x, rows, what = trainer.bad_point
         at = data if rows is None else data[rows]
         result.origin = non_finite_origin(kernels, at, trainer.flat.unpack(x), what)
-    return TrainRun(Prepared(program, kernels, data, params, note), result, out)
+    return TrainRun(Prepared(program, kernels, data, params, note), result, out, written)
 
 
 def _check_writable(path: str, option: str) -> None:
+    if os.path.islink(path) and not os.path.exists(path):  # a dangling link: where it points
+        path = os.path.realpath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise InputError(f"{option} {path}: is a directory")
@@ -281,6 +285,8 @@ def bench(program_path: str, data_path: str | None, params_path: str | None,
     p = prepare(program_path, data_path, params_path, options)
     check_tape_fits(p.kernels.adjoint, "bench")
     used = numba.get_num_threads() if p.data.shape[0] >= PARALLEL_MIN_ROWS else 1
+    p.kernels.loss(p.data, p.params)  # a fault in the program shows here, as a user error
+    p.kernels.grad(p.data, p.params)
     with tempfile.TemporaryDirectory(prefix="dlang-bench-") as fresh:
         env = dict(os.environ, DLANG_CACHE_DIR=os.path.join(fresh, "kernels"),
                    NUMBA_CACHE_DIR=os.path.join(fresh, "numba"))

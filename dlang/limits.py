@@ -23,8 +23,9 @@ def max_tape_bytes() -> int:
     text = os.environ.get(TAPE_ENV)
     if text:
         try:
-            value = int(float(text))
-        except ValueError:
+            number = float(text)
+            value = int(number) if number == number and number != float("inf") else 0
+        except (ValueError, OverflowError):
             value = 0
         if value <= 0:
             from .errors import InputError

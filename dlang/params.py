@@ -173,8 +173,6 @@ def write_text_atomically(path: str, text: str) -> None:
     a reader sees the old file or the new one, never half of one. A symlink is followed (the
     file it points to is replaced); a path that is not a regular file (a FIFO, /dev/stdout) is
     written directly. A failed write (a full disk) is a user error; the old file stays whole."""
-    if os.path.islink(path):
-        path = os.path.realpath(path)
     if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
         try:
             with open(path, "w") as f:
@@ -182,6 +180,8 @@ def write_text_atomically(path: str, text: str) -> None:
         except OSError as err:
             raise InputError(f"cannot write {path}: {err.strerror or err}") from None
         return
+    if os.path.islink(path):  # replace the file the link points to, not the link
+        path = os.path.realpath(path)
     directory = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".", suffix=".tmp")

@@ -276,10 +276,14 @@ def _headline(run) -> str:
     r = run.result
     loss = f"{r.loss:.8g}" if r.loss == r.loss and r.loss != float("inf") else "not finite"
     if r.status == "interrupted":
+        if not run.written:
+            return f"interrupted after {_count(r.epochs, 'epoch')}: no params were written to {run.out}"
         return (f"interrupted after {_count(r.epochs, 'epoch')}: saved the best params so far (loss {loss}) "
                 f"to {run.out}")
     if r.status == "non-finite":
-        return f"stopped: {r.stopped}; saved the last good params (loss {loss}) to {run.out}"
+        saved = (f"saved the last good params (loss {loss}) to {run.out}" if run.written
+                 else f"no epoch finished, so no params were written to {run.out}")
+        return f"stopped: {r.stopped}; {saved}"
     if r.stopped.startswith("finished"):
         return f"{r.stopped}; best loss {loss}; params written to {run.out}"
     return f"{r.stopped} after {_count(r.epochs, 'epoch')}; best loss {loss}; params written to {run.out}"

@@ -260,3 +260,34 @@ def test_with_dropped_rows_faults_name_the_row_of_the_file(run_cli, write_progra
     r = run_cli("grad", prog, "--data", data, "--drop-bad-rows", "--max-iterations", "100")
     _user_error(r, "skipped 1 bad row of 3", "ran more than 100 times (data row 3)")
     assert r.err.index("skipped 1 bad row") < r.err.index("ran more than")  # the note comes first
+
+
+def test_a_tape_limit_that_is_not_a_number_of_bytes_is_a_user_error(run_cli, write_program, monkeypatch):
+    prog = write_program("param k = 0.5\nloss k^2\n", "k.dl")
+    for text in ("inf", "nan", "-3", "0"):
+        monkeypatch.setenv("DLANG_MAX_TAPE_BYTES", text)
+        _user_error(run_cli("grad", prog), f"must be a positive number of bytes, not {text!r}")
+
+
+def test_a_fault_in_bench_is_a_user_error(run_cli, write_program, csv):
+    prog = write_program(RUNAWAY, "runaway.dl")
+    r = run_cli("bench", prog, "--data", csv("x\n-1\n2\n"), "--repeat", "1", "--max-iterations", "100")
+    _user_error(r, "ran more than 100 times (data row 2)")
+
+
+def test_train_out_through_a_dangling_link_is_refused_before_training(run_cli, write_program, csv, tmp_path):
+    prog = write_program(LIN, "lin.dl")
+    link = tmp_path / "dangling.json"
+    link.symlink_to(tmp_path / "nowhere" / "x.json")
+    r = run_cli("train", prog, "--data", csv("x,y\n1,2\n2,3.5\n"), "--out", link)
+    _user_error(r, "--out", "does not exist")
+    assert "epoch" not in r.err  # refused before training
+
+
+def test_a_training_that_writes_nothing_says_so(run_cli, write_program, csv, tmp_path):
+    prog = write_program(SQRT_AT_ZERO, "sqrt0.dl")
+    out = tmp_path / "p.json"
+    out.write_text('{"a": 0.25}\n')
+    r = run_cli("train", prog, "--data", csv("x\n1\n2\n"), "--out", out)
+    _user_error(r, f"no epoch finished, so no params were written to {out}")
+    assert out.read_text() == '{"a": 0.25}\n'
