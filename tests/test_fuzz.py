@@ -36,11 +36,11 @@ import os
 import random
 import re
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, note, seed, settings
+from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import seed as fixed_seed
 from hypothesis import strategies as st
 
 from dlang import ir, nodes
@@ -70,7 +70,7 @@ def fuzz_settings(ci_examples: int, cap: int | None = None):
                       suppress_health_check=list(HealthCheck), print_blob=False)
     if FUZZ_SEED is None:
         return chosen
-    return lambda test: seed(int(FUZZ_SEED))(chosen(test))
+    return lambda test: fixed_seed(int(FUZZ_SEED))(chosen(test))
 
 
 # ---- part 1: every input gives a program or a plain, located error ------------------------------
