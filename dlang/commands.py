@@ -14,7 +14,7 @@ from .frontend import load_program
 from .gradcheck import Comparison, compare, finite_differences
 from .ir import Program
 from .kernels import Kernels, compile_kernels
-from .limits import check_tape_fits
+from .limits import check_array_sizes, check_tape_fits
 from .params import load_params, write_params, write_text_atomically
 
 
@@ -48,6 +48,7 @@ def _options(options: "RunOptions | list[str] | None") -> RunOptions:
 def load_inputs(program_path: str, data_path: str | None, options: RunOptions):
     """The checked program, its data (a DataFile) and the note on skipped rows."""
     program = load_program(program_path, options.consts)
+    check_array_sizes(program)
     data = read_data(program, data_path, options.drop_bad_rows)
     note = data.note(data_path) if data_path else None
     if note and options.on_note:

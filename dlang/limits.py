@@ -141,3 +141,38 @@ def check_nesting(program: Program) -> None:
             source = f.read()
     raise ProgramError(Diagnostic(what + " (Python, which Numba compiles, limits how deep code may nest)",
                                   span, path, note=note), source)
+
+
+def check_array_sizes(program: Program) -> None:
+    """An array larger than a row may use (see max_tape_bytes) is an error before anything is
+    allocated: a param, a data input or a value the body computes."""
+    from .ir import walk
+
+    limit = max_tape_bytes()
+
+    def size(t) -> int:
+        n = 8
+        for k in t.shape:
+            n *= k
+        return n
+
+    for kind, items in (("param", program.params), ("data", program.data)):
+        for item in items:
+            if size(item.type) > limit:
+                raise ProgramError(Diagnostic(
+                    f"{kind} {item.name} is an array of {_size(size(item.type))}, more than the "
+                    f"{_size(limit)} dlang lets one value use (half this machine's memory, or ${TAPE_ENV})",
+                    None, program.source_path))
+    for s in walk(program.body):
+        for out in getattr(s, "outs", ()):
+            if out.type.shape and size(out.type) > limit:
+                loc = s.loc
+                span = Span(loc[0], loc[1], loc[0], loc[1] + 1) if loc else None
+                source = None
+                if program.source_path and os.path.exists(program.source_path):
+                    with open(program.source_path, encoding="utf-8-sig", errors="replace") as f:
+                        source = f.read()
+                raise ProgramError(Diagnostic(
+                    f"this array would take {_size(size(out.type))}, more than the {_size(limit)} dlang lets "
+                    f"one value use (half this machine's memory, or ${TAPE_ENV})", span, program.source_path),
+                    source)

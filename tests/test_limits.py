@@ -291,3 +291,15 @@ def test_a_training_that_writes_nothing_says_so(run_cli, write_program, csv, tmp
     r = run_cli("train", prog, "--data", csv("x\n1\n2\n"), "--out", out)
     _user_error(r, f"no epoch finished, so no params were written to {out}")
     assert out.read_text() == '{"a": 0.25}\n'
+
+
+@pytest.mark.parametrize("source, needle", [
+    ("param w[1000000000000] = 0.0\nloss sum(w)\n", "param w is an array of 8.0 TB"),
+    ("data x[1000000000000]\nparam a = 1.0\nloss a * sum(x)\n", "data x is an array of 8.0 TB"),
+    ("param a = 1.0\nx = zeros(1000000, 1000000)\nloss a * sum(x)\n", ":2:5: error: this array would take 8.0 TB"),
+])
+@pytest.mark.parametrize("command", ["grad", "run"])
+def test_an_array_too_large_for_memory_is_refused_before_allocating(run_cli, write_program, source, needle,
+                                                                     command):
+    prog = write_program(source, "big.dl")
+    _user_error(run_cli(command, prog), needle, "dlang lets one value use")
