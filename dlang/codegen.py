@@ -352,17 +352,15 @@ class _Writer:
             dest = self.array_for(out, target, indent)
             a, b = ins
             if len(shapes[0]) == 2 and len(shapes[1]) == 1:  # matrix @ vector
-                (n, m), i_, term, put = shapes[0], "", f"{a}[dl_i, dl_k] * {b}[dl_k]", f"{dest}[dl_i]"
-                self.line(indent, f"for dl_i in range({n}):")
+                (n, m), term, put = shapes[0], f"{a}[dl_i, dl_k] * {b}[dl_k]", f"{dest}[dl_i]"
             elif len(shapes[0]) == 1:  # vector @ matrix
                 (m, n), term, put = shapes[1], f"{a}[dl_k] * {b}[dl_k, dl_i]", f"{dest}[dl_i]"
-                self.line(indent, f"for dl_i in range({n}):")
             else:  # matrix @ matrix
-                (n, m), k = shapes[0], shapes[1][1]
-                term, put = f"{a}[dl_i, dl_k] * {b}[dl_k, dl_j]", f"{dest}[dl_i, dl_j]"
-                self.line(indent, f"for dl_i in range({n}):")
+                (n, m), term, put = shapes[0], f"{a}[dl_i, dl_k] * {b}[dl_k, dl_j]", f"{dest}[dl_i, dl_j]"
+            self.line(indent, f"for dl_i in range({n}):")
+            if len(shapes[0]) == len(shapes[1]) == 2:
                 indent += 1
-                self.line(indent, f"for dl_j in range({k}):")
+                self.line(indent, f"for dl_j in range({shapes[1][1]}):")
             self.line(indent + 1, "dl_s = 0.0")
             self.line(indent + 1, f"for dl_k in range({m}):")
             self.line(indent + 2, f"dl_s += {term}")

@@ -24,7 +24,6 @@ class Prepared:
     kernels: Kernels
     data: np.ndarray
     params: dict
-    data_note: str | None = None  # what --drop-bad-rows skipped, for the CLI to print
 
 
 @dataclass
@@ -46,25 +45,25 @@ def _options(options: "RunOptions | list[str] | None") -> RunOptions:
 
 
 def load_inputs(program_path: str, data_path: str | None, options: RunOptions):
-    """The checked program, its data (a DataFile) and the note on skipped rows."""
+    """The checked program and its data (a DataFile); the note on skipped rows goes to on_note."""
     program = load_program(program_path, options.consts)
     check_array_sizes(program)
     data = read_data(program, data_path, options.drop_bad_rows)
     note = data.note(data_path) if data_path else None
     if note and options.on_note:
         options.on_note(note)
-    return program, data, note
+    return program, data
 
 
 def prepare(program_path: str, data_path: str | None, params_path: str | None,
             options: "RunOptions | list[str] | None" = None) -> Prepared:
     """Load a program, its data and params, and its compiled kernels."""
     options = _options(options)
-    program, data, note = load_inputs(program_path, data_path, options)
+    program, data = load_inputs(program_path, data_path, options)
     params = load_params(program, params_path)
     kernels = compile_kernels(program, options.max_iterations)
     kernels.row_numbers = data.rows
-    return Prepared(program, kernels, data.matrix, params, note)
+    return Prepared(program, kernels, data.matrix, params)
 
 
 _VERBS = {"grad": "differentiate", "train": "fit"}
@@ -85,7 +84,6 @@ class GradReport:
     grads: dict
     rows: int
     check: Comparison | None = None
-    data_note: str | None = None
     non_finite: DlangError | None = None  # where a non-finite loss or gradient came from
 
 
@@ -106,7 +104,7 @@ def grad(program_path: str, data_path: str | None = None, params_path: str | Non
     if check:
         fd = finite_differences(lambda q: p.kernels.loss(p.data, q), p.params)
         comparison = compare(grads, fd, loss)
-    return GradReport(p.program, loss, p.params, grads, p.data.shape[0], comparison, p.data_note, origin)
+    return GradReport(p.program, loss, p.params, grads, p.data.shape[0], comparison, origin)
 
 
 def default_out(program_path: str) -> str:
@@ -130,7 +128,7 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
     from .train import Trainer
 
     run_options = _options(run_options)
-    program, datafile, note = load_inputs(program_path, data_path, run_options)
+    program, datafile = load_inputs(program_path, data_path, run_options)
     data = datafile.matrix
     require_loss(program, "train")
     params = load_params(program, init_path, options.seed)
@@ -157,7 +155,7 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
         x, rows, what = trainer.bad_point
         at = data if rows is None else data[rows]
         result.origin = non_finite_origin(kernels, at, trainer.flat.unpack(x), what)
-    return TrainRun(Prepared(program, kernels, data, params, note), result, out, written)
+    return TrainRun(Prepared(program, kernels, data, params), result, out, written)
 
 
 def _check_writable(path: str, option: str) -> None:
@@ -183,7 +181,6 @@ class RunReport:
     header: list[str]
     table: np.ndarray  # rows x (1 + output columns): loss, outputs
     mean_loss: float
-    data_note: str | None = None
 
 
 def run(program_path: str, data_path: str | None, params_path: str | None,
@@ -194,7 +191,7 @@ def run(program_path: str, data_path: str | None, params_path: str | None,
     p = prepare(program_path, data_path, params_path, options)
     losses, outs = p.kernels.forward_rows(p.data, p.params)
     header = ["loss"] + output_columns(p.program)
-    return RunReport(header, np.column_stack([losses, outs]), float(np.mean(losses)), p.data_note)
+    return RunReport(header, np.column_stack([losses, outs]), float(np.mean(losses)))
 
 
 def output_columns(program: Program) -> list[str]:
@@ -246,7 +243,7 @@ def prepare_inputs(program_path, data_path, params_path, consts_text, max_iterat
     """For the compile probe: the program, its data and params, without compiling."""
     consts = [c for c in consts_text.split("\n") if c] if consts_text else None
     options = RunOptions(consts, int(max_iterations), drop_bad_rows == "1")
-    program, data, _ = load_inputs(program_path, data_path or None, options)
+    program, data = load_inputs(program_path, data_path or None, options)
     return program, data.matrix, load_params(program, params_path or None), options.max_iterations
 
 

@@ -2,11 +2,9 @@
 forward value or derivative was the first NaN or infinity."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from .errors import Diagnostic, RuntimeFault, Span
+from .errors import Diagnostic, RuntimeFault, source_text, span_at
 from .ir import Eqn, Program, walk
 
 # how an operator is written in a program, for messages
@@ -38,7 +36,6 @@ def non_finite_origin(kernels, data: np.ndarray, params: dict, what: str) -> Run
     eqn, in_reverse, value = found
     shown = _shown(value)
     loc = eqn.loc
-    span = Span(loc[0], loc[1], loc[0], loc[1] + 1) if loc else None
     line = f"line {loc[0]}" if loc else "an unknown line"
     if in_reverse:
         primal = _forward_op_at(program, loc)
@@ -52,7 +49,7 @@ def non_finite_origin(kernels, data: np.ndarray, params: dict, what: str) -> Run
                    f"pass ({where}): {_spell(eqn.op)} gave {shown}")
         note = "a division by 0, a log of 0 or less, an overflow (exp of a large number), or a NaN in"\
                " a param gives this; check the values that reach this line"
-    return RuntimeFault(Diagnostic(message, span, path, note), _source(path))
+    return RuntimeFault(Diagnostic(message, span_at(loc), path, note), source_text(path))
 
 
 def _first_bad_row(kernels, data: np.ndarray, params: dict) -> int | None:
@@ -98,10 +95,3 @@ def _shown(value) -> str:
     arr = np.asarray(value, dtype=float).ravel()
     v = arr[~np.isfinite(arr)][0]
     return "nan" if np.isnan(v) else ("inf" if v > 0 else "-inf")
-
-
-def _source(path: str | None) -> str | None:
-    if path and os.path.exists(path):
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            return f.read()
-    return None

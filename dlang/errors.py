@@ -56,6 +56,23 @@ def _excerpt(source: str, span: Span) -> list[str]:
     return [gutter + text, " " * (len(gutter) - 2) + "| " + " " * (span.col - 1) + "^" * width]
 
 
+def span_at(loc, width: int = 1) -> Span | None:
+    """The span of `width` characters at an IR location (line, col), or None without one."""
+    return Span(loc[0], loc[1], loc[0], loc[1] + width) if loc else None
+
+
+def source_text(path: str | None) -> str | None:
+    """A program's text for the excerpt under an error found after checking (a fault, a limit),
+    or None if the file is gone."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 class DlangError(Exception):
     """Every error a user can cause. Holds one or more diagnostics; the CLI prints them and exits 1."""
 

@@ -11,7 +11,7 @@ import zlib
 
 import numpy as np
 
-from .errors import Diagnostic, RuntimeFault, Span
+from .errors import Diagnostic, RuntimeFault, span_at
 from .ir import Atom, Block, Eqn, ForLoop, Lit, Program, WhileLoop
 from .prims import IndexOutOfRange, evaluate
 
@@ -128,8 +128,7 @@ class _Interpreter:
         self.watch: _Watch | None = None
 
     def fault(self, message: str, loc) -> RuntimeFault:
-        span = Span(loc[0], loc[1], loc[0], loc[1] + 1) if loc else None
-        return RuntimeFault(Diagnostic(message, span, self.prog.source_path))
+        return RuntimeFault(Diagnostic(message, span_at(loc), self.prog.source_path))
 
     def value(self, a: Atom, env: dict):
         return a.value if isinstance(a, Lit) else env[a.id]

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import __version__
 from .codegen import DEFAULT_MAX_ITERATIONS, decode_fault, generate, output_width
-from .errors import Diagnostic, RuntimeFault, Span
+from .errors import Diagnostic, RuntimeFault, source_text, span_at
 from .ir import Program
 from .reverse import reverse_ad
 
@@ -217,21 +217,18 @@ class _FaultReport:
         if what == "index":
             message = f"an index is out of range{where}"
         elif what == "tape":
-            from .limits import TAPE_ENV, _size, max_tape_bytes
+            from .limits import TAPE_ENV, human_bytes, max_tape_bytes
 
-            message = (f"the gradient's tape for a row{where} grew past the {_size(max_tape_bytes())} a row may "
+            message = (f"the gradient's tape for a row{where} grew past the {human_bytes(max_tape_bytes())} a row may "
                        f"use (half this machine's memory, or ${TAPE_ENV}): a while loop ran for very many steps")
             note = "run fewer steps, or lower --max-iterations to stop such a loop sooner"
         else:
             message = (f"the while loop ran more than {self.kernels.max_iterations:,} times{where}; "
                        "its condition may never become false")
             note = "raise the cap with --max-iterations if the loop really needs more steps"
-        span = Span(line, col, line, col + 1) if line else None
-        source = None
         path = self.kernels.program.source_path
-        if path and os.path.exists(path):
-            source = Path(path).read_text(encoding="utf-8-sig", errors="replace")
-        raise RuntimeFault(Diagnostic(message, span, path, note), source) from None
+        span = span_at((line, col)) if line else None
+        raise RuntimeFault(Diagnostic(message, span, path, note), source_text(path)) from None
 
     def _find_row(self, adjoint: bool = False):
         """Which row faults: rerun the rows one at a time (only on this error path); a tape

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import Diagnostic, ProgramError, Span
+from .errors import Diagnostic, ProgramError, source_text, span_at
 from .ir import Block, Eqn, ForLoop, IfElse, Lit, Program, WhileLoop
 
 
@@ -46,11 +46,7 @@ def tape_bytes(adjoint: Program) -> tuple[int, object]:
         for s in b.eqns:
             if isinstance(s, Eqn):
                 if s.op == "push":
-                    shape = s.ins[0].type.shape
-                    size = 1
-                    for n in shape:
-                        size *= n
-                    words += size
+                    words += value_bytes(s.ins[0].type) // 8
             elif isinstance(s, ForLoop):
                 trips = (s.hi.value - s.lo.value) if isinstance(s.lo, Lit) and isinstance(s.hi, Lit) else 0
                 inner = max(0, trips) * block(s.body)
@@ -74,22 +70,25 @@ def check_tape_fits(adjoint: Program, command: str) -> None:
     have = max_tape_bytes()
     if need <= have:
         return
-    span = Span(loc[0], loc[1], loc[0], loc[1] + 3) if loc else None
-    source = None
     path = adjoint.source_path
-    if path and os.path.exists(path):
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            source = f.read()
     raise ProgramError(Diagnostic(
-        f"the gradient would need a tape of {_size(need)} for each data row (this loop records "
-        f"the values its reverse pass reads at every step), more than the {_size(have)} a row may use "
+        f"the gradient would need a tape of {human_bytes(need)} for each data row (this loop records "
+        f"the values its reverse pass reads at every step), more than the {human_bytes(have)} a row may use "
         f"(half this machine's memory, or ${TAPE_ENV}), so `dlang {command}` stops before it starts",
-        span, path,
+        span_at(loc, 3), path,
         note="run fewer steps (a shorter loop, or larger steps with a --const), or use `dlang run`, "
-             "which needs no tape"), source)
+             "which needs no tape"), source_text(path))
 
 
-def _size(n: int) -> str:
+def value_bytes(t) -> int:
+    """Bytes of one value of type t (8 per float or int)."""
+    n = 8
+    for k in t.shape:
+        n *= k
+    return n
+
+
+def human_bytes(n: int) -> str:
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
             return f"{n / scale:,.1f} {unit}"
@@ -132,15 +131,9 @@ def check_nesting(program: Program) -> None:
     else:
         what = f"loops and ifs nest {blocks} deep here; the compiled kernels allow at most {MAX_BLOCK_DEPTH}"
         note = "combine nested conditions with `and`, or use min, max or clamp instead of an if"
-    loc = s.loc
-    span = Span(loc[0], loc[1], loc[0], loc[1] + 1) if loc else None
     path = program.source_path
-    source = None
-    if path and os.path.exists(path):
-        with open(path, encoding="utf-8-sig", errors="replace") as f:
-            source = f.read()
     raise ProgramError(Diagnostic(what + " (Python, which Numba compiles, limits how deep code may nest)",
-                                  span, path, note=note), source)
+                                  span_at(s.loc), path, note=note), source_text(path))
 
 
 def check_array_sizes(program: Program) -> None:
@@ -149,30 +142,17 @@ def check_array_sizes(program: Program) -> None:
     from .ir import walk
 
     limit = max_tape_bytes()
-
-    def size(t) -> int:
-        n = 8
-        for k in t.shape:
-            n *= k
-        return n
-
     for kind, items in (("param", program.params), ("data", program.data)):
         for item in items:
-            if size(item.type) > limit:
+            if value_bytes(item.type) > limit:
                 raise ProgramError(Diagnostic(
-                    f"{kind} {item.name} is an array of {_size(size(item.type))}, more than the "
-                    f"{_size(limit)} dlang lets one value use (half this machine's memory, or ${TAPE_ENV})",
+                    f"{kind} {item.name} is an array of {human_bytes(value_bytes(item.type))}, more than the "
+                    f"{human_bytes(limit)} dlang lets one value use (half this machine's memory, or ${TAPE_ENV})",
                     None, program.source_path))
     for s in walk(program.body):
         for out in getattr(s, "outs", ()):
-            if out.type.shape and size(out.type) > limit:
-                loc = s.loc
-                span = Span(loc[0], loc[1], loc[0], loc[1] + 1) if loc else None
-                source = None
-                if program.source_path and os.path.exists(program.source_path):
-                    with open(program.source_path, encoding="utf-8-sig", errors="replace") as f:
-                        source = f.read()
+            if out.type.shape and value_bytes(out.type) > limit:
                 raise ProgramError(Diagnostic(
-                    f"this array would take {_size(size(out.type))}, more than the {_size(limit)} dlang lets "
-                    f"one value use (half this machine's memory, or ${TAPE_ENV})", span, program.source_path),
-                    source)
+                    f"this array would take {human_bytes(value_bytes(out.type))}, more than the "
+                    f"{human_bytes(limit)} dlang lets one value use (half this machine's memory, or ${TAPE_ENV})",
+                    span_at(s.loc), program.source_path), source_text(program.source_path))
