@@ -81,9 +81,12 @@ def test_same_seed_gives_identical_params_files(run_cli, linreg, tmp_path):
         r = run_cli("train", prog, "--data", csv, "--optimizer", "adam", "--epochs", "5", "--seed", seed,
                     "--out", out)
         assert r.code == 0, r.err
-        files.append(out.read_bytes())
-    assert files[0] == files[1]
-    assert files[0] != files[2]  # the seed really drives the shuffle
+        files.append(json.loads(out.read_text()))
+    # the same run twice in one process: the same numbers (a reproducibility check, not a
+    # comparison with numbers computed on another machine)
+    assert files[0].keys() == files[1].keys()
+    assert all(np.array_equal(files[0][k], files[1][k]) for k in files[0])
+    assert any(not np.allclose(files[0][k], files[2][k], rtol=1e-12) for k in files[0])  # the seed drives the shuffle
 
 
 def test_json_lines_history_and_default_out_path(run_cli, linreg, tmp_path):
