@@ -17,19 +17,18 @@ from . import nodes as n
 from .consts import INT_MAX, ConstEvaluator
 from .errors import Diagnostic, ProgramError, Span
 from .ir import BOOL, F64, I64, Block, Eqn, ForLoop, IfElse, Lit, Type, Var, WhileLoop
-from .prims import UNARY_MATH, TypeRuleError, result_type
+from .prims import BUILTINS as PRIMITIVE_BUILTINS
+from .prims import OPERATOR_SPELLING, TypeRuleError, result_type
 
 ERR = Type("error")
 POISON = Lit(0.0, ERR)
 LOSS = "$loss"  # the hidden local that accumulates `loss` statements
 
-MATH1 = {name for name in UNARY_MATH if name != "neg"}
-MATH2 = {"atan2", "min", "max", "pow"}
-BUILTINS = MATH1 | MATH2 | {"clamp", "zeros", "len", "sum", "mean", "dot"}
-ARITY = {**{f: (1,) for f in MATH1}, **{f: (2,) for f in MATH2}, "clamp": (3,), "zeros": (1, 2),
-         "len": (1,), "sum": (1,), "mean": (1,), "dot": (2,)}
-_OP_WORD = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "^", "matmul": "@",
-            "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+# The builtins a program may call: the registry's, and len, which the checker folds to an int.
+BUILTINS = set(PRIMITIVE_BUILTINS) | {"len"}
+ARITY = {**{name: p.call_arity for name, p in PRIMITIVE_BUILTINS.items()}, "len": (1,)}
+_OP_WORD = OPERATOR_SPELLING
+_CHAIN_OPS = ("add", "sub", "mul", "div", "matmul")  # left-associative: a + b + c is (a + b) + c
 _KIND_WORD = {"f64": "a float", "i64": "an int", "bool": "a true/false condition"}
 
 
@@ -529,9 +528,7 @@ class _Checker:
         if isinstance(e, n.Binary):
             if e.op in ("and", "or"):
                 return self.logical(e, scope, hint)
-            left = self.expr(e.left, scope)
-            right = self.expr(e.right, scope)
-            return self.binary(e.op, left, right, e, hint)
+            return self.binary_chain(e, scope, hint)
         if isinstance(e, n.Call):
             return self.call(e, scope, hint)
         if isinstance(e, n.Index):
@@ -612,6 +609,18 @@ class _Checker:
             self.report("cannot negate a comparison; use not", e.span)
             return POISON
         return self.emit("neg", [operand], operand.type, e, hint)
+
+    def binary_chain(self, e: n.Binary, scope: _Scope, hint: str) -> ir.Atom:
+        """`e` and the left-associative chain under it (a + b - c ...), folded in a loop, so a
+        long flat sum does not recurse once per term. Only the outermost operation gets `hint`."""
+        chain = [e]
+        while isinstance(chain[-1].left, n.Binary) and chain[-1].left.op in _CHAIN_OPS:
+            chain.append(chain[-1].left)
+        left = self.expr(chain[-1].left, scope)
+        for node in reversed(chain):
+            right = self.expr(node.right, scope)
+            left = self.binary(node.op, left, right, node, hint if node is e else "")
+        return left
 
     def binary(self, op: str, left: ir.Atom, right: ir.Atom, e: n.Node, hint: str = "") -> ir.Atom:
         if ERR in (left.type, right.type):
@@ -749,7 +758,7 @@ class _Checker:
                     self.report(f"{f} needs an array, but this is {describe(a.type)}", node.span)
                     return POISON
         args = [self.to_float(a, e) for a in args]
-        op = f
+        op = PRIMITIVE_BUILTINS[f].name
         try:
             out = result_type(op, [a.type for a in args], {})
         except TypeRuleError as err:

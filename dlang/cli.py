@@ -10,7 +10,7 @@ import typer
 
 from .errors import DlangError
 
-DEFAULT_MAX_ITERATIONS = 100_000_000  # codegen.DEFAULT_MAX_ITERATIONS (not imported: check and emit stay light)
+from .ir import DEFAULT_MAX_ITERATIONS
 
 app = typer.Typer(
     name="dlang",
@@ -29,11 +29,11 @@ ConstOpt = Annotated[
 ]
 
 
-class Stage(str, Enum):
-    ast = "ast"
-    ir = "ir"
-    grad = "grad"
-    kernel = "kernel"
+# What `emit` can show: the syntax tree, the IR, the adjoint IR, the kernel IR after any kernel
+# pass, the kernel source, or the pipeline's stages as they run.
+Stage = Enum("Stage", {name: name for name in
+                       ("ast", "ir", "grad", "hoist", "split-sums", "reciprocals", "buffers", "kernel", "pipeline")},
+             type=str)
 
 
 DataOpt = Annotated[Optional[str], typer.Option("--data", metavar="CSV",
@@ -63,31 +63,45 @@ def check(program: ProgramArg, const: ConstOpt = None) -> None:
 @app.command()
 def emit(
     program: ProgramArg,
-    stage: Annotated[Stage, typer.Option(help="What to print: the parsed program (ast), the IR (ir), "
-                                              "the adjoint IR (grad) or the generated kernel source (kernel).")] = Stage.ir,
+    stage: Annotated[Stage, typer.Option(help="What to print: the parsed program (ast), the IR (ir), the adjoint "
+                                              "IR (grad), the program and its adjoint after a kernel pass (hoist, "
+                                              "split-sums, reciprocals, buffers), the generated kernel source "
+                                              "(kernel), or each stage of the pipeline as it runs (pipeline).")] = Stage("ir"),
     const: ConstOpt = None,
 ) -> None:
     """Print PROGRAM at a stage of compilation, syntax-highlighted on a terminal."""
     from . import render
-    from .frontend import dump_ast, load_program
 
-    if stage is Stage.ast:
+    stage = Stage(stage).value
+    if stage == "ast":
+        from .frontend import dump_ast
+
         render.show(dump_ast(program), "ast")
-    elif stage is Stage.ir:
-        from .irtext import print_program
+        return
+    from . import pipeline
+    from .irtext import print_program
 
-        render.show(print_program(load_program(program, const)), "ir")
-    elif stage is Stage.grad:
-        from .irtext import print_program
-        from .reverse import reverse_ad
+    if stage == "pipeline":
+        lines = []
 
-        render.show(print_program(reverse_ad(load_program(program, const))), "ir")
+        def note(name, seconds, result):
+            lines.append(f"{name:<12} {1e3 * seconds:9.1f} ms  {pipeline.describe(name, result)}")
+
+        pipeline.compile_file(program, const, on_stage=note)
+        render.show("\n".join(lines) + "\n", "text")
+        return
+    stop = {"ir": "check", "grad": "dce", "kernel": "generate"}.get(stage, stage)
+    result = pipeline.compile_file(program, const, stop_after=stop)
+    if stage == "kernel":
+        render.show(result, "python")
+    elif stage == "ir":
+        render.show(print_program(result), "ir")
+    elif stage == "grad":
+        render.show(print_program(result.adjoint), "ir")
     else:
-        from .codegen import generate
-        from .reverse import reverse_ad
-
-        prog = load_program(program, const)
-        render.show(generate(prog, reverse_ad(prog)), "python")
+        text = ("# the forward kernel's program\n" + print_program(result.forward)
+                + "\n# the adjoint kernel's program\n" + print_program(result.adjoint))
+        render.show(text, "ir")
 
 
 @app.command()
@@ -241,11 +255,24 @@ def _note(text: str | None) -> None:
         typer.echo(text, err=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """dlang's own warnings (DlangWarning) as one line on stderr; others as Python shows them."""
+    from .errors import DlangWarning
+
+    if issubclass(category, DlangWarning):
+        sys.stderr.write(f"dlang: warning: {message}\n")
+    else:
+        import warnings
+
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors exit 1 with a message and never a traceback."""
     import warnings
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # NumPy's overflow notes: dlang says it in words
+    warnings.showwarning = _show_warning
     try:
         app(args=argv)
     except SystemExit as ex:

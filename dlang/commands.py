@@ -6,14 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codegen import DEFAULT_MAX_ITERATIONS
+from . import pipeline
 from .data import read_data
 from .diagnose import non_finite_origin
 from .errors import Diagnostic, DlangError, InputError
-from .frontend import load_program
 from .gradcheck import Comparison, compare, finite_differences
-from .ir import Program
-from .kernels import Kernels, compile_kernels
+from .ir import DEFAULT_MAX_ITERATIONS, Program
+from .kernels import Kernels
 from .limits import check_array_sizes, check_tape_fits
 from .params import load_params, write_params, write_text_atomically
 
@@ -24,6 +23,7 @@ class Prepared:
     kernels: Kernels
     data: np.ndarray
     params: dict
+    rows: np.ndarray | None = None  # the file's row number of each data row, when some were skipped
 
 
 @dataclass
@@ -46,7 +46,7 @@ def _options(options: "RunOptions | list[str] | None") -> RunOptions:
 
 def load_inputs(program_path: str, data_path: str | None, options: RunOptions):
     """The checked program and its data (a DataFile); the note on skipped rows goes to on_note."""
-    program = load_program(program_path, options.consts)
+    program = pipeline.compile_file(program_path, options.consts, stop_after="check")
     check_array_sizes(program)
     data = read_data(program, data_path, options.drop_bad_rows)
     note = data.note(data_path) if data_path else None
@@ -61,9 +61,8 @@ def prepare(program_path: str, data_path: str | None, params_path: str | None,
     options = _options(options)
     program, data = load_inputs(program_path, data_path, options)
     params = load_params(program, params_path)
-    kernels = compile_kernels(program, options.max_iterations)
-    kernels.row_numbers = data.rows
-    return Prepared(program, kernels, data.matrix, params)
+    kernels = pipeline.compile_kernels(program, options.max_iterations)
+    return Prepared(program, kernels, data.matrix, params, data.rows)
 
 
 _VERBS = {"grad": "differentiate", "train": "fit"}
@@ -93,16 +92,16 @@ def grad(program_path: str, data_path: str | None = None, params_path: str | Non
     p = prepare(program_path, data_path, params_path, options)
     require_loss(p.program, "grad")
     check_tape_fits(p.kernels.adjoint, "grad")
-    loss, grads = p.kernels.grad(p.data, p.params)
+    loss, grads = p.kernels.grad(p.data, p.params, p.rows)
     origin = None
     bad = [name for name, g in grads.items() if not np.all(np.isfinite(g))]
     if not np.isfinite(loss) or bad:
         what = (f"the loss is {loss}" if not np.isfinite(loss)
                 else f"the gradient is not finite (d loss / d {', '.join(bad)})")
-        origin = non_finite_origin(p.kernels, p.data, p.params, what)
+        origin = non_finite_origin(p.kernels, p.data, p.params, what, p.rows)
     comparison = None
     if check:
-        fd = finite_differences(lambda q: p.kernels.loss(p.data, q), p.params)
+        fd = finite_differences(lambda q: p.kernels.loss(p.data, q, p.rows), p.params)
         comparison = compare(grads, fd, loss)
     return GradReport(p.program, loss, p.params, grads, p.data.shape[0], comparison, origin)
 
@@ -136,10 +135,9 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
     _check_writable(out, "--out")
     if history_path:
         _check_writable(history_path, "--history")
-    kernels = compile_kernels(program, run_options.max_iterations)
-    kernels.row_numbers = datafile.rows
+    kernels = pipeline.compile_kernels(program, run_options.max_iterations)
     check_tape_fits(kernels.adjoint, "train")
-    trainer = Trainer(kernels, data, params, options)
+    trainer = Trainer(kernels, data, params, options, datafile.rows)
     finished = written = False
     try:
         result = trainer.run(on_epoch, should_stop)
@@ -153,9 +151,9 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
         write_history(history_path, result.history)
     if result.status == "non-finite" and trainer.bad_point is not None:
         x, rows, what = trainer.bad_point
-        at = data if rows is None else data[rows]
-        result.origin = non_finite_origin(kernels, at, trainer.flat.unpack(x), what)
-    return TrainRun(Prepared(program, kernels, data, params), result, out, written)
+        at, labels = (data, trainer.row_labels) if rows is None else (data[rows], trainer.row_labels[rows])
+        result.origin = non_finite_origin(kernels, at, trainer.flat.unpack(x), what, labels)
+    return TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, out, written)
 
 
 def _check_writable(path: str, option: str) -> None:
@@ -189,7 +187,7 @@ def run(program_path: str, data_path: str | None, params_path: str | None,
     if out_path:
         _check_writable(out_path, "--out")
     p = prepare(program_path, data_path, params_path, options)
-    losses, outs = p.kernels.forward_rows(p.data, p.params)
+    losses, outs = p.kernels.forward_rows(p.data, p.params, p.rows)
     header = ["loss"] + output_columns(p.program)
     return RunReport(header, np.column_stack([losses, outs]), float(np.mean(losses)))
 
@@ -229,7 +227,7 @@ class BenchReport:
 _COMPILE_PROBE = """
 import sys, time
 from dlang.commands import prepare_inputs
-from dlang.kernels import compile_kernels
+from dlang.pipeline import compile_kernels
 program, data, params, max_iterations = prepare_inputs(*sys.argv[1:7])
 start = time.perf_counter()
 kernels = compile_kernels(program, max_iterations)
@@ -273,7 +271,7 @@ def bench(program_path: str, data_path: str | None, params_path: str | None,
         raise InputError(f"--threads must be at least 1, not {threads}")
     import numba
 
-    from .kernels import PARALLEL_MIN_ROWS
+    from .abi import parallel_min_rows
 
     if threads is not None:
         if threads > numba.config.NUMBA_NUM_THREADS:
@@ -282,9 +280,9 @@ def bench(program_path: str, data_path: str | None, params_path: str | None,
     options = _options(options)
     p = prepare(program_path, data_path, params_path, options)
     check_tape_fits(p.kernels.adjoint, "bench")
-    used = numba.get_num_threads() if p.data.shape[0] >= PARALLEL_MIN_ROWS else 1
-    p.kernels.loss(p.data, p.params)  # a fault in the program shows here, as a user error
-    p.kernels.grad(p.data, p.params)
+    used = numba.get_num_threads() if p.data.shape[0] >= parallel_min_rows() else 1
+    p.kernels.loss(p.data, p.params, p.rows)  # a fault in the program shows here, as a user error
+    p.kernels.grad(p.data, p.params, p.rows)
     with tempfile.TemporaryDirectory(prefix="dlang-bench-") as fresh:
         env = dict(os.environ, DLANG_CACHE_DIR=os.path.join(fresh, "kernels"),
                    NUMBA_CACHE_DIR=os.path.join(fresh, "numba"))
@@ -300,7 +298,7 @@ def bench(program_path: str, data_path: str | None, params_path: str | None,
         p.kernels.loss(p.data, p.params)
         forward.append(time.perf_counter() - start)
         start = time.perf_counter()
-        p.kernels.grad(p.data, p.params)
+        result = p.kernels.gradient(p.data, p.params)
         grad.append(time.perf_counter() - start)
     return BenchReport(cold, cached, 1e3 * statistics.median(forward), 1e3 * statistics.median(grad),
-                       p.data.shape[0], used, p.kernels.tape_bytes_per_row, repeat)
+                       p.data.shape[0], used, result.tape_bytes_per_row, repeat)

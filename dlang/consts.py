@@ -6,14 +6,15 @@ import re
 
 from . import nodes as n
 from .errors import InputError, Span
-from .prims import TERNARY_MATH, UNARY_MATH, math_scalar
+from .prims import CONST_FUNCTIONS, REGISTRY, math_scalar
 
 # A number as dlang writes it, with an optional sign: nothing else is accepted from --const.
 NUMBER_RE = re.compile(r"[+-]?([0-9]+\.?[0-9]*([eE][+-]?[0-9]+)?|\.[0-9]+([eE][+-]?[0-9]+)?)")
 INT_RE = re.compile(r"[+-]?[0-9]+")
 INT_MAX = 2**63 - 1
 
-CONST_MATH = {name for name in UNARY_MATH if name != "neg"} | {"atan2", "min", "max", "pow", "clamp"}
+_ARITH = ("add", "sub", "mul", "div", "pow")
+CONST_MATH = CONST_FUNCTIONS  # the math builtins a const expression may call
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, int | float]:
@@ -98,6 +99,26 @@ class ConstEvaluator:
             return None
         return value
 
+    def _eval_chain(self, e: n.Binary, what):
+        """`e` and the left-deep chain under it (1 + 2 - 3 ...), folded in a loop, not one call per term."""
+        chain = [e]
+        while isinstance(chain[-1].left, n.Binary) and chain[-1].left.op in _ARITH:
+            chain.append(chain[-1].left)
+        a = self._eval(chain[-1].left, what)
+        for node in reversed(chain):
+            b = self._eval(node.right, what)
+            a = None if a is None or b is None else self._arith(node, a, b)
+        return a
+
+    def _arith(self, e: n.Binary, a, b):
+        if isinstance(a, int) and isinstance(b, int) and e.op in ("add", "sub", "mul"):
+            value = {"add": a + b, "sub": a - b, "mul": a * b}[e.op]
+            if abs(value) > INT_MAX:  # checked here, so no int is ever too large for a float
+                self.report(f"this int arithmetic overflows: the result {value} is too large for an int", e.span)
+                return None
+            return value
+        return math_scalar(e.op, [a, b])
+
     def _eval(self, e, what):
         if isinstance(e, n.Num):
             return e.value
@@ -109,22 +130,13 @@ class ConstEvaluator:
         if isinstance(e, n.Unary) and e.op == "neg":
             v = self._eval(e.operand, what)
             return None if v is None else -v
-        if isinstance(e, n.Binary) and e.op in ("add", "sub", "mul", "div", "pow"):
-            a, b = self._eval(e.left, what), self._eval(e.right, what)
-            if a is None or b is None:
-                return None
-            if isinstance(a, int) and isinstance(b, int) and e.op in ("add", "sub", "mul"):
-                value = {"add": a + b, "sub": a - b, "mul": a * b}[e.op]
-                if abs(value) > INT_MAX:  # checked here, so no int is ever too large for a float
-                    self.report(f"this int arithmetic overflows: the result {value} is too large for an int", e.span)
-                    return None
-                return value
-            return math_scalar(e.op, [a, b])
+        if isinstance(e, n.Binary) and e.op in _ARITH:
+            return self._eval_chain(e, what)
         if isinstance(e, n.Call) and e.func in CONST_MATH:
             args = [self._eval(a, what) for a in e.args]
             if any(a is None for a in args):
                 return None
-            want = 1 if e.func in UNARY_MATH else 3 if e.func in TERNARY_MATH else 2
+            want = REGISTRY[e.func].arity
             if len(args) != want:
                 self.report(f"{e.func} takes {want} argument{'s' * (want != 1)}, but {len(args)} were given", e.span)
                 return None

@@ -4,30 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 
+from .abi import data_layout
 from .errors import Diagnostic, RuntimeFault, source_text, span_at
+from .interp import first_non_finite
 from .ir import Eqn, Program, walk
+from .prims import REGISTRY
+from .reverse import reverse_ad
 
-# how an operator is written in a program, for messages
-_SPELLED = {"add": "+", "sub": "-", "mul": "*", "div": "/", "pow": "^", "neg": "unary -", "matmul": "@"}
 
-
-def non_finite_origin(kernels, data: np.ndarray, params: dict, what: str) -> RuntimeFault | None:
+def non_finite_origin(kernels, data: np.ndarray, params: dict, what: str, rows=None) -> RuntimeFault | None:
     """An error naming the first non-finite value behind a non-finite loss or gradient
-    (`what`, e.g. "the gradient d loss / d g is nan"), or None if no row on its own gives one."""
-    from .codegen import _data_layout
-    from .interp import first_non_finite
-
+    (`what`, e.g. "the gradient d loss / d g is nan"), or None if no row on its own gives one.
+    `rows`: the row numbers a user sees (the file's), when not 1, 2, 3 ..."""
     row = _first_bad_row(kernels, data, params)
     if row is None:
         return None
     program: Program = kernels.program
     values = {}
-    for d, (col, width) in zip(program.data, _data_layout(program)):
+    for d, (col, width) in zip(program.data, data_layout(program)):
         cells = data[row, col:col + width]
         values[d.name] = cells.reshape(d.type.shape).copy() if d.type.shape else float(cells[0])
-    with np.errstate(all="ignore"):
-        found = first_non_finite(kernels.adjoint, len(program.body.eqns), values, params, kernels.max_iterations)
-    where = f"data row {kernels.row_label(data, row)}" if program.data else "the program"
+    with np.errstate(all="ignore"):  # the adjoint as reverse mode makes it, before the kernel passes
+        found = first_non_finite(reverse_ad(program), values, params, kernels.max_iterations)
+    label = int(rows[row]) if rows is not None and len(rows) == data.shape[0] else row + 1
+    where = f"data row {label}" if program.data else "the program"
     path = program.source_path
     if not isinstance(found, tuple):  # the row alone is finite in the interpreter, or too long to trace
         reason = ("tracing it would take too long" if found == "too long"
@@ -88,7 +88,8 @@ def _forward_op_at(program: Program, loc) -> str | None:
 
 
 def _spell(op: str) -> str:
-    return f"`{_SPELLED[op]}`" if op in _SPELLED else f"`{op}`"
+    prim = REGISTRY.get(op)
+    return f"`{prim.spelling if prim else op}`"
 
 
 def _shown(value) -> str:

@@ -99,3 +99,8 @@ class RuntimeFault(DlangError):
 
 class InputError(DlangError):
     """A problem in a data file, params file or command-line option."""
+
+
+class DlangWarning(UserWarning):
+    """Something a user should know that does not stop the command (the kernel cache could not
+    be written, say): library code warns with it, and the CLI prints it as one line."""

@@ -37,7 +37,7 @@ def read_source(path: str) -> str:
 
 def parse_source(source: str, path: str | None = None) -> nodes.Program:
     source = normalise_newlines(source)
-    with _deep_recursion():
+    with deep_recursion():
         try:
             return parse(source, path)
         except RecursionError:
@@ -47,23 +47,28 @@ def parse_source(source: str, path: str | None = None) -> nodes.Program:
 def dump_ast(path: str) -> str:
     """The parsed program at `path` as an S-expression (emit --stage ast)."""
     source = normalise_newlines(read_source(path))
-    with _deep_recursion():
+    with deep_recursion():
         try:
             return nodes.dump(parse(source, path))
         except RecursionError:
             raise _too_deep(path, source) from None
 
 
-def compile_source(source: str, path: str | None = None, consts: dict[str, str] | list[str] | None = None) -> Program:
-    """Parse and check a program, giving its IR."""
-    overrides = parse_overrides(_as_pairs(consts))
+def check_tree(tree: nodes.Program, consts, path: str | None, source: str) -> Program:
+    """Check a parsed program and lower it to IR (`consts`: --const NAME=VALUE overrides)."""
+    overrides = parse_overrides(as_pairs(consts))
     source = normalise_newlines(source)
-    with _deep_recursion():
+    with deep_recursion():
         try:
-            tree = parse(source, path)
             return check(tree, overrides, path, source)
         except RecursionError:
             raise _too_deep(path, source) from None
+
+
+def compile_source(source: str, path: str | None = None, consts: dict[str, str] | list[str] | None = None) -> Program:
+    """Parse and check a program, giving its IR."""
+    parse_overrides(as_pairs(consts))  # a bad --const is reported before the program
+    return check_tree(parse_source(source, path), consts, path, source)
 
 
 def load_program(path: str, consts: dict[str, str] | list[str] | None = None) -> Program:
@@ -71,7 +76,7 @@ def load_program(path: str, consts: dict[str, str] | list[str] | None = None) ->
     return compile_source(read_source(path), path, consts)
 
 
-def _as_pairs(consts) -> list[str]:
+def as_pairs(consts) -> list[str]:
     if consts is None:
         return []
     if isinstance(consts, dict):
@@ -83,7 +88,9 @@ def _too_deep(path, source) -> ProgramError:
     return ProgramError(Diagnostic("the program is nested too deeply to check", None, path), source)
 
 
-class _deep_recursion:
+class deep_recursion:
+    """Deeply nested programs are valid: the passes walk them recursively."""
+
     def __enter__(self):
         self.old = sys.getrecursionlimit()
         sys.setrecursionlimit(max(self.old, _RECURSION_LIMIT))

@@ -7,31 +7,13 @@ infinity (first_non_finite).
 """
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 
 from .errors import Diagnostic, RuntimeFault, span_at
-from .ir import Atom, Block, Eqn, ForLoop, Lit, Program, WhileLoop
+from .ir import DEFAULT_MAX_ITERATIONS, Atom, Block, Eqn, ForLoop, Lit, Program, WhileLoop, initial_params
 from .prims import IndexOutOfRange, evaluate
 
-from .codegen import DEFAULT_MAX_ITERATIONS  # one cap for interpreter and kernels
-
-
-def initial_params(prog: Program, seed: int = 0) -> dict[str, float | np.ndarray]:
-    """Each param's starting value. Random starts draw from a generator seeded by (seed, name),
-    so adding a param does not change the others' values."""
-    values: dict[str, float | np.ndarray] = {}
-    for p in prog.params:
-        kind, a, *rest = p.init
-        if kind == "value":
-            values[p.name] = np.full(p.type.shape, a) if p.type.shape else float(a)
-            continue
-        rng = np.random.default_rng([seed, zlib.crc32(p.name.encode())])
-        b = rest[0]
-        draw = rng.normal(a, b, p.type.shape) if kind == "normal" else rng.uniform(a, b, p.type.shape)
-        values[p.name] = draw if p.type.shape else float(draw)
-    return values
+__all__ = ["initial_params", "read_rows", "run_body", "run_row", "grad_row", "program_loss", "first_non_finite"]
 
 
 def read_rows(prog: Program, csv_path: str) -> list[dict[str, float | np.ndarray]]:
@@ -53,9 +35,9 @@ def read_rows(prog: Program, csv_path: str) -> list[dict[str, float | np.ndarray
 
 
 def run_body(prog: Program, row: dict, params: dict, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> list:
-    """The body's results for one row: loss, outputs, then gradients (on an adjoint program)."""
-    inputs = [row[d.name] for d in prog.data] + [params[p.name] for p in prog.params]
-    return _Interpreter(prog, max_iterations).block(prog.body, {}, inputs)
+    """The body's results for one row: loss, outputs, then gradients (on an adjoint program;
+    a gradient split into row and fixed terms by passes.split_gradient_sums is added back up)."""
+    return _Interpreter(prog, max_iterations).run(row, params)
 
 
 def run_row(prog: Program, row: dict, params: dict, max_iterations: int = DEFAULT_MAX_ITERATIONS):
@@ -80,16 +62,15 @@ def program_loss(prog: Program, rows: list[dict] | None, params: dict | None = N
     return float(np.mean(losses))
 
 
-def first_non_finite(adjoint: Program, reverse_from: int, row: dict, params: dict,
+def first_non_finite(adjoint: Program, row: dict, params: dict,
                      max_iterations: int = DEFAULT_MAX_ITERATIONS, budget: int = 5_000_000):
     """Where a row's first NaN or infinity comes from: (the equation, whether it is in the
-    reverse pass, its value), None if every value is finite, or "too long" when the row takes
+    reverse sweep, its value), None if every value is finite, or "too long" when the row takes
     more than `budget` equations to run (a diagnosis after a kernel gave a non-finite result)."""
     interp = _Interpreter(adjoint, max_iterations)
-    interp.watch = _Watch(reverse_from, budget)
-    inputs = [row[d.name] for d in adjoint.data] + [params[p.name] for p in adjoint.params]
+    interp.watch = _Watch(budget)
     try:
-        interp.block(adjoint.body, {}, inputs)
+        interp.run(row, params)
     except _Found as found:
         return found.args[0]
     except _TooLong:
@@ -108,24 +89,44 @@ class _TooLong(Exception):
 class _Watch:
     """Stops the interpreter at the first equation whose value is not finite."""
 
-    def __init__(self, reverse_from: int, budget: int):
-        self.reverse_from, self.budget = reverse_from, budget
-        self.top_index = 0  # which top-level statement is running
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.in_reverse = False  # whether the sweep statement has run
 
     def check(self, e: Eqn, value) -> None:
         self.budget -= 1
         if self.budget < 0:
             raise _TooLong
         if not np.all(np.isfinite(value)):
-            raise _Found((e, self.top_index >= self.reverse_from, value))
+            raise _Found((e, self.in_reverse, value))
 
 
 class _Interpreter:
     def __init__(self, prog: Program, max_iterations: int):
         self.prog = prog
         self.max_iterations = max_iterations
-        self.tape: list = []
+        self.tapes: dict[int, list] = {}  # tape number -> (id, value) pushed, last on top
         self.watch: _Watch | None = None
+
+    def run(self, row: dict, params: dict) -> list:
+        prog = self.prog
+        env: dict = {}
+        for v, p in zip(prog.param_vars, prog.params):
+            env[v.id] = params[p.name]
+        self.eqns(prog.prelude, env)
+        inputs = [row[d.name] for d in prog.data] + [params[p.name] for p in prog.params]
+        results = self.block(prog.body, env, inputs)
+        if not prog.sums:
+            return results
+        head, rest = results[:1 + len(prog.outputs)], results[1 + len(prog.outputs):]
+        grads = []
+        for g, p in zip(prog.sums, prog.params):
+            total = np.zeros(p.type.shape) if p.type.shape else 0.0
+            for term in rest[:g.rows] + [self.value(a, env) for a in g.fixed]:
+                total = total + term
+            del rest[:g.rows]
+            grads.append(total)
+        return head + grads
 
     def fault(self, message: str, loc) -> RuntimeFault:
         return RuntimeFault(Diagnostic(message, span_at(loc), self.prog.source_path))
@@ -137,16 +138,25 @@ class _Interpreter:
         env = dict(env)
         for v, x in zip(b.params, args):
             env[v.id] = x
-        top = b is self.prog.body
-        for k, s in enumerate(b.eqns):
-            if top and self.watch:
-                self.watch.top_index = k
+        self.eqns(b.eqns, env)
+        return [self.value(r, env) for r in b.results]
+
+    def eqns(self, stmts, env: dict) -> None:
+        for s in stmts:
+            if isinstance(s, Eqn) and s.op in ("sweep", "seal"):
+                if self.watch and s.op == "sweep":
+                    self.watch.in_reverse = True
+                continue
             if isinstance(s, Eqn) and s.op == "push":
                 x = self.value(s.ins[0], env)
-                self.tape.append(x.copy() if isinstance(x, np.ndarray) else x)
+                params = dict(s.params)
+                self.tapes.setdefault(params["tape"], []).append((params["id"], x.copy() if isinstance(x, np.ndarray) else x))
                 continue
             if isinstance(s, Eqn) and s.op == "pop":
-                env[s.outs[0].id] = self.tape.pop()
+                params = dict(s.params)
+                pushed, x = self.tapes[params["tape"]].pop()
+                assert pushed == params["id"], f"pop id {params['id']} took the value of push {pushed}"
+                env[s.outs[0].id] = x
                 continue
             if isinstance(s, Eqn):
                 args_ = [self.value(a, env) for a in s.ins]
@@ -177,5 +187,4 @@ class _Interpreter:
                 outs = self.block(taken, env, [])
             for v, x in zip(s.outs, outs):
                 env[v.id] = x
-        return [self.value(r, env) for r in b.results]
 

@@ -32,6 +32,8 @@ class Type:
         return self.kind
 
 
+DEFAULT_MAX_ITERATIONS = 100_000_000  # a while loop's trips in one row, unless --max-iterations says
+
 F64 = Type("f64")
 I64 = Type("i64")
 BOOL = Type("bool")
@@ -146,9 +148,25 @@ class ParamInput:
 
 
 @dataclass(frozen=True)
+class GradSum:
+    """How a kernel adds up one gradient over the rows (set by passes.split_gradient_sums):
+    each row adds its `rows` row terms (body results, in order); the terms the same for every
+    row (`fixed`: prelude values or literals) are added once, times the number of rows."""
+
+    rows: int
+    fixed: tuple[Atom, ...] = ()
+
+
+@dataclass(frozen=True)
 class Program:
-    """One row's computation. body.params = data vars then param vars;
-    body.results = (loss, *outputs, *gradients of the params named in grads)."""
+    """One row's computation. body.params = data vars then param vars; body.results =
+    (loss, *outputs, *gradients of the params named in grads); with `sums`, each gradient is
+    given by its GradSum's row terms instead of one result.
+
+    `prelude` holds equations that read only params, literals and each other (moved there by
+    passes.hoist_invariants): a kernel runs them once per call, before the rows, and the body
+    reads their values. An adjoint program's body holds one `sweep` statement at its top
+    level: the forward pass is before it, the reverse sweep after it."""
 
     consts: tuple[tuple[str, float | int], ...]
     data: tuple[DataInput, ...]
@@ -158,6 +176,27 @@ class Program:
     has_loss: bool = True
     source_path: str | None = field(default=None, compare=False)
     grads: tuple[str, ...] = ()  # set on an adjoint program: d(loss)/d(param) for these params
+    prelude: tuple[Eqn, ...] = ()
+    sums: tuple[GradSum, ...] = ()
+
+    @property
+    def data_vars(self) -> tuple[Var, ...]:
+        return self.body.params[:len(self.data)]
+
+    @property
+    def param_vars(self) -> tuple[Var, ...]:
+        return self.body.params[len(self.data):]
+
+    def grad_terms(self) -> list[tuple[tuple[Atom, ...], tuple[Atom, ...]]]:
+        """Per gradient: (its row terms among the body results, its fixed terms)."""
+        rest = list(self.body.results[1 + len(self.outputs):])
+        if not self.sums:
+            return [((r,), ()) for r in rest]
+        out = []
+        for s in self.sums:
+            out.append((tuple(rest[:s.rows]), s.fixed))
+            del rest[:s.rows]
+        return out
 
 
 def blocks_of(stmt: Stmt) -> tuple[Block, ...]:
@@ -183,6 +222,99 @@ def walk(block: Block) -> Iterator[Stmt]:
         yield stmt
         for inner in reversed(blocks_of(stmt)):
             stack.append(iter(inner.eqns))
+
+
+def size(t: Type) -> int:
+    """The number of elements of a value of type t (1 for a scalar)."""
+    n = 1
+    for k in t.shape:
+        n *= k
+    return n
+
+
+def reads(stmt: Stmt) -> tuple[Atom, ...]:
+    """The atoms a statement itself reads (not those its nested blocks read)."""
+    if isinstance(stmt, Eqn):
+        return stmt.ins
+    if isinstance(stmt, ForLoop):
+        return (stmt.lo, stmt.hi, *stmt.inits)
+    if isinstance(stmt, WhileLoop):
+        return stmt.inits
+    return (stmt.cond,)
+
+
+def vars_read(block: Block) -> list[Var]:
+    """Vars read anywhere in a block and its nested blocks (results included), first use first."""
+    seen: dict[int, Var] = {}
+
+    def note(atoms) -> None:
+        for a in atoms:
+            if isinstance(a, Var):
+                seen.setdefault(a.id, a)
+
+    stack = [block]
+    while stack:
+        b = stack.pop()
+        for s in b.eqns:
+            note(reads(s))
+            stack.extend(blocks_of(s))
+        note(b.results)
+    return list(seen.values())
+
+
+def defined_in(block: Block) -> set[int]:
+    """Ids a block defines itself: its params and its statements' outputs (not nested ones)."""
+    ids = {v.id for v in block.params}
+    for s in block.eqns:
+        ids |= {v.id for v in s.outs}
+    return ids
+
+
+def defined_anywhere(block: Block) -> set[int]:
+    """Ids a block and the blocks nested in it define."""
+    ids = defined_in(block)
+    for s in walk(block):
+        for inner in blocks_of(s):
+            ids |= defined_in(inner)
+    return ids
+
+
+def with_blocks(stmt: Stmt, fn) -> Stmt:
+    """The statement with fn applied to each of its nested blocks."""
+    if isinstance(stmt, ForLoop):
+        return replace(stmt, body=fn(stmt.body))
+    if isinstance(stmt, WhileLoop):
+        return replace(stmt, cond=fn(stmt.cond), body=fn(stmt.body))
+    if isinstance(stmt, IfElse):
+        return replace(stmt, then=fn(stmt.then), orelse=fn(stmt.orelse))
+    return stmt
+
+
+def tape_ops(block: Block) -> Iterator[Eqn]:
+    """The push and pop equations of a block and its nested blocks, in order."""
+    for s in walk(block):
+        if isinstance(s, Eqn) and s.op in ("push", "pop"):
+            yield s
+
+
+def initial_params(prog: Program, seed: int = 0) -> dict:
+    """Each param's starting value (float or NumPy array). Random starts draw from a generator
+    seeded by (seed, name), so adding a param does not change the others' values."""
+    import zlib
+
+    import numpy as np
+
+    values: dict = {}
+    for p in prog.params:
+        kind, a, *rest = p.init
+        if kind == "value":
+            values[p.name] = np.full(p.type.shape, a) if p.type.shape else float(a)
+            continue
+        rng = np.random.default_rng([seed, zlib.crc32(p.name.encode())])
+        b = rest[0]
+        draw = rng.normal(a, b, p.type.shape) if kind == "normal" else rng.uniform(a, b, p.type.shape)
+        values[p.name] = draw if p.type.shape else float(draw)
+    return values
 
 
 def renumber(program: Program) -> Program:
@@ -219,4 +351,9 @@ def renumber(program: Program) -> Program:
         cond = atom(s.cond)
         return IfElse(outs, cond, block(s.then), block(s.orelse), s.loc)
 
-    return replace(program, body=block(program.body))
+    params = tuple(define(p) for p in program.body.params)
+    prelude = tuple(stmt(e) for e in program.prelude)
+    body = program.body
+    body = Block(params, tuple(stmt(s) for s in body.eqns), tuple(atom(r) for r in body.results))
+    sums = tuple(replace(g, fixed=tuple(atom(a) for a in g.fixed)) for g in program.sums)
+    return replace(program, body=body, prelude=prelude, sums=sums)

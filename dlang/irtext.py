@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from .errors import Diagnostic, ProgramError, Span
-from .ir import (BOOL, F64, I64, Atom, Block, DataInput, Eqn, ForLoop, IfElse, Lit, ParamInput,
+from .ir import (BOOL, F64, I64, Atom, Block, DataInput, Eqn, ForLoop, GradSum, IfElse, Lit, ParamInput,
                  Program, Stmt, Type, Var, WhileLoop)
 
 # ---- printing -------------------------------------------------------------------------------
@@ -70,7 +70,17 @@ def print_program(program: Program) -> str:
         out.append("loss none")
     params = ", ".join(f"{names.define(v)}: {v.type}" for v in program.body.params)
     out.append(f"body({params}) {{")
-    _print_block_body(program.body, names, out, "  ", "return")
+    if program.prelude:  # run once per kernel call, before the rows
+        out.append("  once {")
+        for e in program.prelude:
+            _print_stmt(e, names, out, "    ")
+        out.append("  }")
+    for s in program.body.eqns:
+        _print_stmt(s, names, out, "  ")
+    for name, g in zip(program.grads, program.sums):
+        fixed = "".join(" " + _atom(a, names) for a in g.fixed)
+        out.append(f"  sum {name} rows {g.rows} fixed{fixed}")
+    out.append("  return " + ", ".join(_atom(r, names) for r in program.body.results))
     out.append("}")
     return "\n".join(out) + "\n"
 
@@ -246,6 +256,8 @@ class _Parser:
                     self.take(",")
             self.take(")")
             return tuple(items)
+        if self.peek("true") or self.peek("false"):
+            return self.take() == "true"
         text = self.take(kind="num")
         return int(text) if re.fullmatch(r"-?\d+", text) else float(text)
 
@@ -298,20 +310,40 @@ class _Parser:
         body_params = self.defs(")")
         self.take(")")
         self.take("{")
-        body = self.block_rest(body_params, "return")
+        prelude: list[Stmt] = []
+        if self.peek("once"):
+            self.take("once")
+            self.take("{")
+            while not self.peek("}"):
+                prelude.append(self.stmt())
+            self.take("}")
+        body, sums = self.block_rest(body_params, "return", sums=True)
         self.take(kind="eof")
         return Program(tuple(consts), tuple(data), tuple(params), tuple(outputs), body, has_loss,
-                       grads=tuple(grads))
+                       grads=tuple(grads), prelude=tuple(prelude), sums=tuple(sums))
 
-    def block_rest(self, params: tuple[Var, ...], end: str) -> Block:
-        """Statements up to `end results }` (the opening brace already taken)."""
+    def block_rest(self, params: tuple[Var, ...], end: str, sums: bool = False):
+        """Statements up to `end results }` (the opening brace already taken); with sums, the
+        body's `sum NAME rows K fixed ...` lines too."""
         eqns: list[Stmt] = []
+        grad_sums: list[GradSum] = []
         while not self.peek(end):
+            if sums and self.peek("sum") and self.toks[self.k + 1][0] == "name" and self.toks[self.k + 2][1] == "rows":
+                line = self.toks[self.k][2]
+                self.k += 3
+                rows = int(self.take(kind="num"))
+                self.take("fixed")
+                fixed = []
+                while self.toks[self.k][2] == line and (self.peek(kind="var") or self.peek(kind="num")):
+                    fixed.append(self.atom())
+                grad_sums.append(GradSum(rows, tuple(fixed)))
+                continue
             eqns.append(self.stmt())
         self.take(end)
         results = self.atoms_until("}")
         self.take("}")
-        return Block(params, tuple(eqns), results)
+        block = Block(params, tuple(eqns), results)
+        return (block, grad_sums) if sums else block
 
     def stmt(self) -> Stmt:
         line = self.toks[self.k][2]

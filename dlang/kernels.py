@@ -1,5 +1,6 @@
 """Compiled kernels: generated source written to a content-hashed file in the kernel cache,
-imported, and compiled by Numba (which caches its machine code beside the file)."""
+imported, and compiled by Numba (which caches its machine code beside the file); `Kernels`
+calls them by the convention of dlang.abi."""
 from __future__ import annotations
 
 import functools
@@ -12,15 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
-from .codegen import DEFAULT_MAX_ITERATIONS, decode_fault, generate, output_width
-from .errors import Diagnostic, RuntimeFault, source_text, span_at
-from .ir import Program
-from .reverse import reverse_ad
+from . import __version__, abi
+from .codegen import tapes_of
+from .errors import Diagnostic, DlangWarning, RuntimeFault, source_text, span_at
+from .ir import DEFAULT_MAX_ITERATIONS, Program, size
 
 CACHE_ENV = "DLANG_CACHE_DIR"
-PARALLEL_MIN_ROWS = 2048  # from here on, kernels run in parallel over rows (NUMBA_FACTS: below a few
-CHUNKS = 64               # thousand light rows a serial loop is as fast); a fixed number of chunks
 
 
 def cache_dir() -> Path:
@@ -79,8 +77,10 @@ def _fallback_dir(unusable: Path, reason: str) -> Path:
         _probe(fallback)
     except OSError:  # not ours, or not writable either: a new directory for this process
         fallback = Path(tempfile.mkdtemp(prefix="dlang-kernels-"))
-    sys.stderr.write(f"dlang: warning: cannot write the kernel cache {unusable} ({reason}); "
-                     f"compiling kernels in {fallback} instead\n")
+    import warnings
+
+    warnings.warn(DlangWarning(f"cannot write the kernel cache {unusable} ({reason}); "
+                               f"compiling kernels in {fallback} instead"), stacklevel=2)
     return fallback
 
 
@@ -103,27 +103,27 @@ def _private(directory: Path) -> None:
         raise PermissionError(f"{directory} is not a private directory")
 
 
-@dataclass
 class Kernels:
-    """The compiled forward and adjoint kernels of one program, and how to call them."""
+    """The compiled kernels of one program, and how to call them: a value, made whole by
+    `load_kernels`. It pickles (as the IR and source it was made from) and is rebuilt from the
+    kernel cache in another process, compiling only what that cache lacks.
 
-    program: Program
-    adjoint: Program
-    source: str
-    path: Path
-    module: object
-    max_iterations: int = DEFAULT_MAX_ITERATIONS
-    row_numbers: object = None  # the file's data-row number of each row, when --drop-bad-rows skipped some
+    Every call takes the data matrix, the params (name -> float or array) and, optionally, the
+    row labels a user sees (the file's row numbers when rows were skipped) for fault messages."""
 
-    def row_label(self, data: np.ndarray, r: int) -> int:
-        """The data-row number a user sees for row r of `data` (the file's numbering)."""
-        numbers = self.row_numbers
-        if numbers is not None and len(numbers) == data.shape[0]:
-            return int(numbers[r])
-        return r + 1
-    _tapes: tuple | None = None
-    _chunk_tapes: tuple = (256, 64)  # float and int words each chunk's tapes start with
-    tape_bytes_per_row: float = 0.0  # of the last grad call: 8 bytes per value taped, mean over rows
+    def __init__(self, program: Program, forward: Program, adjoint: Program, source: str, path: Path,
+                 module, max_iterations: int = DEFAULT_MAX_ITERATIONS):
+        self.program = program  # as checked
+        self.forward = forward  # the program after the kernel passes
+        self.adjoint = adjoint  # its adjoint after the kernel passes
+        self.source = source
+        self.path = path
+        self.module = module
+        self.max_iterations = max_iterations
+        self._tape_sizes = np.zeros(2 * len(tapes_of(adjoint)), np.int64)  # the sizes the last call needed
+
+    def __reduce__(self):
+        return (_rebuild, (self.program, self.forward, self.adjoint, self.source, self.max_iterations))
 
     def _param_args(self, params: dict) -> list:
         args = []
@@ -132,54 +132,99 @@ class Kernels:
             args.append(np.ascontiguousarray(v, dtype=np.float64) if p.type.shape else float(v))
         return args
 
-    def forward_rows(self, data: np.ndarray, params: dict) -> tuple[np.ndarray, np.ndarray]:
+    def forward_rows(self, data: np.ndarray, params: dict, rows=None) -> tuple[np.ndarray, np.ndarray]:
         """Each row's loss, and its outputs (one column per output value)."""
         n = data.shape[0]
         losses = np.empty(n)
-        outs = np.empty((n, output_width(self.program)))
-        with self._faults(data, params) as faults:
-            if n < PARALLEL_MIN_ROWS or _threads() == 1:  # each row's own: no order to keep
-                return self.module.dl_forward_rows(data, *self._param_args(params), losses, outs)
-            codes = np.zeros(n, np.int64)
-            self.module.dl_forward_rows_par(data, *self._param_args(params), losses, outs, codes)
-            faults.check(codes)
-            return losses, outs
+        outs = np.empty((n, abi.output_width(self.program)))
+        args = self._param_args(params)
+        with _numba_recursion():
+            if n >= abi.parallel_min_rows() and _threads() > 1:
+                faults = np.zeros((abi.CHUNKS, 2), np.int64)
+                getattr(self.module, abi.FORWARD_CHUNKS)(data, abi.CHUNKS, *args, losses, outs, faults)
+            else:  # each row's own: no order to keep
+                faults = np.array([getattr(self.module, abi.FORWARD)(data, 0, n, *args, losses, outs)], np.int64)
+        self._check(faults, data, rows)
+        return losses, outs
 
-    def loss(self, data: np.ndarray, params: dict) -> float:
-        return float(np.mean(self.forward_rows(data, params)[0]))
+    def loss(self, data: np.ndarray, params: dict, rows=None) -> float:
+        return float(np.mean(self.forward_rows(data, params, rows)[0]))
 
-    def grad(self, data: np.ndarray, params: dict) -> tuple[float, dict]:
+    def grad(self, data: np.ndarray, params: dict, rows=None) -> tuple[float, dict]:
         """The mean loss over rows and its gradient with respect to every param."""
-        if data.shape[0] >= PARALLEL_MIN_ROWS:
-            return self._grad_chunks(data, params)
-        if self._tapes is None:
-            self._tapes = (np.empty(4096), np.empty(1024, np.int64))
-        with self._faults(data, params):
-            loss, *grads_and_tapes = self.module.dl_grad_rows(data, *self._param_args(params), *self._tapes)
-        grads = grads_and_tapes[:-3]
-        self.tape_bytes_per_row = 8.0 * grads_and_tapes[-3] / max(1, data.shape[0])
-        self._tapes = tuple(grads_and_tapes[-2:])  # grown tapes are kept for the next call
-        return float(loss), {p.name: (g if p.type.shape else float(g)) for p, g in zip(self.program.params, grads)}
+        result = self.gradient(data, params, rows)
+        return result.loss, result.grads
 
-    def _grad_chunks(self, data: np.ndarray, params: dict) -> tuple[float, dict]:
-        """Parallel over a fixed number of chunks of rows, summed in chunk order: the same
-        result, bit for bit, whatever the number of threads."""
-        k = CHUNKS
-        closs, cwords = np.zeros(k), np.zeros(k, np.int64)
-        cgrads = [np.zeros((k, *p.type.shape)) for p in self.program.params]
-        codes = np.zeros(k, np.int64)
-        tapes = np.zeros((k + 1, 2), np.int64)
-        tapes[0] = self._chunk_tapes  # the tape sizes the chunks needed last time
-        with self._faults(data, params) as faults:
-            kernel = self.module.dl_grad_chunks if _threads() > 1 else self.module.dl_grad_chunks_serial
-            loss, *grads, words = kernel(data, *self._param_args(params), k, tapes, closs, cwords, *cgrads, codes)
-            faults.check(codes)
-        self._chunk_tapes = tapes[1:].max(axis=0)
-        self.tape_bytes_per_row = 8.0 * float(words) / data.shape[0]
-        return float(loss), {p.name: (g if p.type.shape else float(g)) for p, g in zip(self.program.params, grads)}
+    def gradient(self, data: np.ndarray, params: dict, rows=None) -> "GradResult":
+        """The mean loss, its gradient, and the tape bytes a row used (mean over the rows).
 
-    def _faults(self, data, params):
-        return _FaultReport(self, data, params)
+        From abi.parallel_min_rows() rows on, the rows are split into abi.CHUNKS chunks, run in
+        parallel (or in order with one thread) and summed in chunk order: the same result, bit
+        for bit, whatever the number of threads."""
+        n = data.shape[0]
+        args = self._param_args(params)
+        sizes_per_call = self._tape_sizes
+        width = abi.grad_width([size(p.type) for p in self.program.params])
+        with _numba_recursion():
+            if n >= abi.parallel_min_rows():
+                chunks = abi.CHUNKS
+                sizes = np.tile(sizes_per_call, (chunks, 1))
+                out = np.zeros((chunks, width))
+                faults = np.zeros((chunks, 2), np.int64)
+                name = abi.GRAD_CHUNKS if _threads() > 1 else abi.GRAD_CHUNKS_SERIAL
+                getattr(self.module, name)(data, chunks, *args, sizes, out, faults)
+                total = out.sum(axis=0)
+            else:
+                sizes = sizes_per_call.copy().reshape(1, -1)
+                out = np.zeros((1, width))
+                faults = np.array([getattr(self.module, abi.GRAD)(data, 0, n, *args, sizes[0], out[0])], np.int64)
+                total = out[0]
+        self._check(faults, data, rows, adjoint=True)
+        if sizes.size:
+            self._tape_sizes = sizes.max(axis=0)
+        loss = float(total[0]) / n
+        grads, offset = {}, 1
+        for p in self.program.params:
+            k = size(p.type)
+            value = total[offset:offset + k] / n
+            grads[p.name] = value.reshape(p.type.shape) if p.type.shape else float(value[0])
+            offset += k
+        return GradResult(loss, grads, 8.0 * float(total[offset]) / max(1, n))
+
+    def _check(self, faults: np.ndarray, data, rows, adjoint: bool = False) -> None:
+        """A fault a kernel reported (the first chunk's that has one) as a RuntimeFault naming
+        the source line and the data row."""
+        found = np.flatnonzero(faults[:, 0])
+        if not found.size:
+            return
+        code, row = (int(x) for x in faults[found[0]])
+        label = int(rows[row]) if rows is not None and len(rows) == data.shape[0] else row + 1
+        raise _fault(self, *abi.decode_fault(code), label if self.program.data else None)
+
+
+@dataclass
+class GradResult:
+    loss: float
+    grads: dict
+    tape_bytes_per_row: float  # 8 bytes per value taped, mean over the rows
+
+
+def _fault(kernels: Kernels, what: str, line: int, col: int, row: int | None) -> RuntimeFault:
+    where = f" (data row {row})" if row is not None else ""
+    note = None
+    if what == "index":
+        message = f"an index is out of range{where}"
+    elif what == "tape":
+        message = (f"the gradient's tape for a row{where} grew past the {abi.human_bytes(abi.max_tape_bytes())} a row may "
+                   f"use (half this machine's memory, or ${abi.TAPE_ENV}): a while loop ran for very many steps")
+        note = "run fewer steps, or lower --max-iterations to stop such a loop sooner"
+    else:
+        message = (f"the while loop ran more than {kernels.max_iterations:,} times{where}; "
+                   "its condition may never become false")
+        note = "raise the cap with --max-iterations if the loop really needs more steps"
+    path = kernels.program.source_path
+    span = span_at((line, col)) if line else None
+    return RuntimeFault(Diagnostic(message, span, path, note), source_text(path))
 
 
 def _threads() -> int:
@@ -189,62 +234,19 @@ def _threads() -> int:
     return numba.get_num_threads()
 
 
-class _FaultReport:
-    """Turns a fault raised inside a kernel into a RuntimeFault naming the line and the row."""
+class _numba_recursion:
+    """Numba's SSA pass recurses once per basic block along a path; long generated functions
+    need more than Python's default limit (it is restored afterwards)."""
 
-    def __init__(self, kernels: Kernels, data, params):
-        self.kernels, self.data, self.params = kernels, data, params
+    LIMIT = 100_000
 
     def __enter__(self):
-        return self
+        self.old = sys.getrecursionlimit()
+        if self.old < self.LIMIT:
+            sys.setrecursionlimit(self.LIMIT)
 
-    def __exit__(self, kind, err, tb):
-        if err is None or not isinstance(err, (IndexError, RuntimeError)) or "dl_fault:" not in str(err):
-            return False
-        what, line, col = str(err).split("dl_fault:")[1].split(":")[:3]
-        self.fail(what, int(line), int(col))
-
-    def check(self, codes: np.ndarray) -> None:
-        """Fault codes a parallel kernel left (it cannot raise inside prange)."""
-        found = np.flatnonzero(codes)
-        if found.size:
-            self.fail(*decode_fault(int(codes[found[0]])))
-
-    def fail(self, what: str, line: int, col: int):
-        row = self._find_row(adjoint=what == "tape")
-        where = f" (data row {self.kernels.row_label(self.data, row)})" if row is not None else ""
-        note = None
-        if what == "index":
-            message = f"an index is out of range{where}"
-        elif what == "tape":
-            from .limits import TAPE_ENV, human_bytes, max_tape_bytes
-
-            message = (f"the gradient's tape for a row{where} grew past the {human_bytes(max_tape_bytes())} a row may "
-                       f"use (half this machine's memory, or ${TAPE_ENV}): a while loop ran for very many steps")
-            note = "run fewer steps, or lower --max-iterations to stop such a loop sooner"
-        else:
-            message = (f"the while loop ran more than {self.kernels.max_iterations:,} times{where}; "
-                       "its condition may never become false")
-            note = "raise the cap with --max-iterations if the loop really needs more steps"
-        path = self.kernels.program.source_path
-        span = span_at((line, col)) if line else None
-        raise RuntimeFault(Diagnostic(message, span, path, note), source_text(path)) from None
-
-    def _find_row(self, adjoint: bool = False):
-        """Which row faults: rerun the rows one at a time (only on this error path); a tape
-        that outgrows its limit shows only in the adjoint kernel."""
-        k = self.kernels
-        args = k._param_args(self.params)
-        for r in range(self.data.shape[0]):
-            try:  # the serial kernels: a parallel one may fault in another row first
-                if adjoint:
-                    k.module.dl_grad_rows(self.data[r:r + 1], *args, np.empty(16), np.empty(16, np.int64))
-                else:
-                    k.module.dl_forward_rows(self.data[r:r + 1], *args, np.empty(1),
-                                             np.empty((1, output_width(k.program))))
-            except (IndexError, RuntimeError):
-                return r
-        return None
+    def __exit__(self, *exc):
+        sys.setrecursionlimit(self.old)
 
 
 @functools.lru_cache(maxsize=1)
@@ -256,10 +258,10 @@ def _runtime_digest() -> str:
     return hashlib.sha256(Path(runtime.__file__).read_bytes()).hexdigest()
 
 
-def compile_kernels(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> Kernels:
-    """Generate, cache and load the kernels of a program."""
-    adjoint = reverse_ad(program)
-    source = generate(program, adjoint, max_iterations)
+def load_kernels(program: Program, forward: Program, adjoint: Program, source: str,
+                 max_iterations: int = DEFAULT_MAX_ITERATIONS) -> Kernels:
+    """Write the kernel source to the cache (named by a hash of it) and load it; Numba compiles
+    each kernel the first time it is called, or loads it from its cache beside the file."""
     import numba
 
     key = hashlib.sha256("\n".join([source, __version__, numba.__version__, _runtime_digest()]).encode()
@@ -275,7 +277,12 @@ def compile_kernels(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIO
     module = sys.modules.get(name)
     if module is None:
         module = _load_module(name, path, source)
-    return Kernels(program, adjoint, source, path, module, max_iterations)
+    return Kernels(program, forward, adjoint, source, path, module, max_iterations)
+
+
+def _rebuild(program, forward, adjoint, source, max_iterations) -> Kernels:
+    """Unpickling: the same kernels, from this process's kernel cache."""
+    return load_kernels(program, forward, adjoint, source, max_iterations)
 
 
 def _load_module(name: str, path: Path, source: str):

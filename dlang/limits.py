@@ -3,36 +3,9 @@ from __future__ import annotations
 
 import os
 
+from .abi import TAPE_ENV, human_bytes, max_tape_bytes, memory_bytes  # noqa: F401 - the limits, with their checks here
 from .errors import Diagnostic, ProgramError, source_text, span_at
 from .ir import Block, Eqn, ForLoop, IfElse, Lit, Program, WhileLoop
-
-
-def memory_bytes() -> int:
-    """This machine's physical memory (a large guess where the system does not say)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux or macOS
-        return 1 << 40
-
-
-TAPE_ENV = "DLANG_MAX_TAPE_BYTES"
-
-
-def max_tape_bytes() -> int:
-    """The most tape one data row may use: half this machine's memory, or $DLANG_MAX_TAPE_BYTES."""
-    text = os.environ.get(TAPE_ENV)
-    if text:
-        try:
-            number = float(text)
-            value = int(number) if number == number and number != float("inf") else 0
-        except (ValueError, OverflowError):
-            value = 0
-        if value <= 0:
-            from .errors import InputError
-
-            raise InputError(f"${TAPE_ENV} must be a positive number of bytes, not {text!r}")
-        return value
-    return memory_bytes() // 2
 
 
 def tape_bytes(adjoint: Program) -> tuple[int, object]:
@@ -88,52 +61,28 @@ def value_bytes(t) -> int:
     return n
 
 
-def human_bytes(n: int) -> str:
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:,.1f} {unit}"
-    return f"{n} bytes"
-
-
-# Python's own limits on the generated source: 20 statically nested loops, 100 indentation
-# levels. The row loop, the tape retry loop, a parallel kernel's chunk loop and the loops an
-# array operation is written as take up to 7 and 12 of them.
-MAX_LOOP_DEPTH = 13
-MAX_BLOCK_DEPTH = 80
+MAX_NESTING = 500  # loops and ifs nested in one another: more than any real program (the code
+# generator splits deep code into helper functions, so this is only a bound on absurd sizes)
 
 
 def check_nesting(program: Program) -> None:
-    """A program whose loops (or loops and ifs) nest deeper than the kernels can be compiled
-    with is an error at its innermost too-deep statement."""
+    """A program whose loops and ifs nest more than MAX_NESTING deep is an error at its
+    innermost too-deep statement."""
     from .ir import blocks_of
 
-    def deepest(b: Block, loops: int, blocks: int):
-        for s in b.eqns:
+    stack = [(program.body, 0)]
+    while stack:
+        block, depth = stack.pop()
+        for s in block.eqns:
             if isinstance(s, Eqn):
                 continue
-            is_loop = not isinstance(s, IfElse)
-            depth = (loops + is_loop, blocks + 1)
-            if depth[0] > MAX_LOOP_DEPTH or depth[1] > MAX_BLOCK_DEPTH:
-                return s, depth
-            for inner in blocks_of(s):
-                found = deepest(inner, *depth)
-                if found:
-                    return found
-        return None
-
-    found = deepest(program.body, 0, 0)
-    if found is None:
-        return
-    s, (loops, blocks) = found
-    if loops > MAX_LOOP_DEPTH:
-        what = f"loops nest {loops} deep here; the compiled kernels allow at most {MAX_LOOP_DEPTH}"
-        note = "combine nested loops into one (a loop over i * n + j), or split the work into loops one after another"
-    else:
-        what = f"loops and ifs nest {blocks} deep here; the compiled kernels allow at most {MAX_BLOCK_DEPTH}"
-        note = "combine nested conditions with `and`, or use min, max or clamp instead of an if"
-    path = program.source_path
-    raise ProgramError(Diagnostic(what + " (Python, which Numba compiles, limits how deep code may nest)",
-                                  span_at(s.loc), path, note=note), source_text(path))
+            if depth + 1 > MAX_NESTING:
+                path = program.source_path
+                raise ProgramError(Diagnostic(
+                    f"loops and ifs nest more than {MAX_NESTING} deep here, more than dlang compiles",
+                    span_at(s.loc), path, note="combine nested conditions with `and`, or nested loops into one"),
+                    source_text(path))
+            stack.extend((inner, depth + 1) for inner in blocks_of(s))
 
 
 def check_array_sizes(program: Program) -> None:

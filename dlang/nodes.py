@@ -178,8 +178,14 @@ def dump_expr(e: Expr) -> str:
         return e.id
     if isinstance(e, Unary):
         return f"({_SYMBOL[e.op]} {dump_expr(e.operand)})"
-    if isinstance(e, Binary):
-        return f"({_SYMBOL[e.op]} {dump_expr(e.left)} {dump_expr(e.right)})"
+    if isinstance(e, Binary):  # a left-deep chain (a + b - c ...) in a loop, not one call per term
+        chain = []
+        while isinstance(e, Binary):
+            chain.append(e)
+            e = e.left
+        opens = [f"({_SYMBOL[b.op]} " for b in chain]
+        closes = [f" {dump_expr(b.right)})" for b in reversed(chain)]
+        return "".join(opens) + dump_expr(e) + "".join(closes)
     if isinstance(e, Call):
         return "(" + " ".join([e.func, *map(dump_expr, e.args)]) + ")"
     if isinstance(e, Index):

@@ -1,19 +1,79 @@
-"""The primitive operations of the IR: for each, its type rule and its meaning on NumPy values.
+"""The primitives of the IR, one record per op: how a program spells it, its type rule, its
+meaning on NumPy values, its kernel template and its derivative rules.
 
-This table is the single place that says what an op computes. The reference interpreter and
-constant evaluation call `evaluate`; the verifier calls `result_type`. The derivative rules
-(in the AD module) are a separate table keyed by the same op names.
+Every other table in dlang is derived from REGISTRY: the checker's builtins and their arities,
+the functions a const may call, how an op is named in messages, the kernel templates, the
+reverse-mode rules and which ops have no derivative. Adding a builtin is one record here (and
+a line in docs/language.md); tests/test_registry.py walks every record.
+
+A reverse (VJP) rule gets the reverse-mode builder `b`, the primal equation `e` and `ct`, the
+adjoint of its output (d loss / d out). It returns one thunk per input (None for an input
+that has no derivative); the traversal calls a thunk only for an active input, so a rule
+computes nothing it does not need. A thunk returns the input's contribution: an atom to add to
+its adjoint, or `AddAt(value, idx)` for a contribution to one element or row. Primal values are
+fetched with `b.p(atom)`, which is how the traversal learns what the reverse sweep reads.
+Rules build new equations with `b.op(name, *ins, **params)` and `b.mul(x, y)`.
+
+A forward (JVP) rule gets the forward-mode builder, the equation and the tangents of its
+inputs; the slot is filled by the forward-mode transformation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Callable
 
-from .ir import BOOL, F64, I64, Type
+from .ir import BOOL, F64, I64, Atom, Lit, Type
 
 
 class TypeRuleError(Exception):
     """An op applied to operands it does not accept; the message is a plain sentence."""
+
+
+class MissingRule(Exception):
+    """A transformation met a primitive that has no rule for it: a bug in dlang."""
+
+    def __init__(self, op: str, kind: str = "derivative"):
+        super().__init__(f"no {kind} rule for the primitive '{op}'")
+
+
+@dataclass(frozen=True)
+class AddAt:
+    """A contribution to the elements at `idx` of an array input."""
+
+    value: Atom
+    idx: tuple[Atom, ...]
+
+
+@dataclass(frozen=True)
+class Primitive:
+    name: str                          # the op's name in the IR
+    arity: int                         # inputs in the IR
+    type_rule: Callable                # (input types, params) -> output type, or TypeRuleError
+    evaluate: Callable | None          # (params, *values) -> value, on floats, ints and NumPy arrays
+    vjp: Callable | None = None        # the reverse rule (see above); None with differentiable=False
+    jvp: Callable | None = None        # the forward rule
+    differentiable: bool = True        # False: the output's derivative is zero (comparisons, floor, ...)
+    scalar: str | None = None          # kernel template on scalars, {0} {1} {2} the inputs
+    elementwise: bool = False          # on arrays: the scalar template applied element by element
+    render: Callable | None = None     # kernel lines for other array ops (see _lines_* below)
+    helper: str | None = None          # the runtime helper (dlang/runtime.py) the template calls
+    builtin: str | None = None         # how a program calls it: sin(x)
+    operator: str | None = None        # how a program writes it as an operator: +
+    source_arity: tuple[int, ...] = ()  # arguments a program passes, when not `arity`
+    const: bool = False                # a const expression may call it
+    checks_index: int | None = None    # the inputs from this one on are indices checked at run time
+    structural: bool = False           # tape and sweep markers: handled by the transformations
+    doc: str = ""
+
+    @property
+    def spelling(self) -> str:
+        """How a message names the op."""
+        return self.operator or self.builtin or self.name
+
+    @property
+    def call_arity(self) -> tuple[int, ...]:
+        return self.source_arity or (self.arity,)
 
 
 def _np():
@@ -22,156 +82,170 @@ def _np():
     return numpy
 
 
-# ---- elementwise math on float64 (NumPy semantics: IEEE, no exceptions) --------------------
-
-def _sigmoid(x):
-    np = _np()
-    return np.exp(-np.logaddexp(0.0, -x))
-
-
-UNARY_MATH: dict[str, Callable] = {
-    "neg": lambda x: -x,
-    "sin": lambda x: _np().sin(x),
-    "cos": lambda x: _np().cos(x),
-    "tan": lambda x: _np().tan(x),
-    "asin": lambda x: _np().arcsin(x),
-    "acos": lambda x: _np().arccos(x),
-    "atan": lambda x: _np().arctan(x),
-    "exp": lambda x: _np().exp(x),
-    "log": lambda x: _np().log(x),
-    "log1p": lambda x: _np().log1p(x),
-    "sqrt": lambda x: _np().sqrt(x),
-    "tanh": lambda x: _np().tanh(x),
-    "sinh": lambda x: _np().sinh(x),
-    "cosh": lambda x: _np().cosh(x),
-    "sigmoid": _sigmoid,
-    "relu": lambda x: _np().maximum(x, 0.0),
-    "softplus": lambda x: _np().logaddexp(0.0, x),
-    "abs": lambda x: _np().abs(x),
-    "sign": lambda x: _np().sign(x),
-    "floor": lambda x: _np().floor(x),
-    "ceil": lambda x: _np().ceil(x),
-    "round": lambda x: _np().round(x),
-}
-
-BINARY_MATH: dict[str, Callable] = {
-    "add": lambda a, b: a + b,
-    "sub": lambda a, b: a - b,
-    "mul": lambda a, b: a * b,
-    "div": lambda a, b: _np().divide(a, b),
-    "pow": lambda a, b: _np().power(a, b),
-    "atan2": lambda a, b: _np().arctan2(a, b),
-    "min": lambda a, b: _np().minimum(a, b),
-    "max": lambda a, b: _np().maximum(a, b),
-    # 1.0 where the comparison holds, else 0.0: used by derivative rules at kinks
-    "mask_ge": lambda a, b: _np().greater_equal(a, b) * 1.0,
-    "mask_gt": lambda a, b: _np().greater(a, b) * 1.0,
-}
-
-TERNARY_MATH: dict[str, Callable] = {
-    "clamp": lambda x, lo, hi: _np().minimum(_np().maximum(x, lo), hi),
-}
-
-INT_OPS = {"add", "sub", "mul", "neg"}  # also defined on i64, giving i64
-
-COMPARE: dict[str, Callable] = {
-    "lt": lambda a, b: a < b,
-    "le": lambda a, b: a <= b,
-    "gt": lambda a, b: a > b,
-    "ge": lambda a, b: a >= b,
-    "eq": lambda a, b: a == b,
-    "ne": lambda a, b: a != b,
-}
-
-ELEMENTWISE = {**UNARY_MATH, **BINARY_MATH, **TERNARY_MATH}
-
-
 # ---- type rules ------------------------------------------------------------------------------
 
-def _elementwise_type(op: str, ins: list[Type]) -> Type:
-    if op in INT_OPS and all(t == I64 for t in ins):
-        return I64
-    shape: tuple[int, ...] = ()
-    for t in ins:
-        if t.kind != "f64":
-            raise TypeRuleError(f"{op} needs float operands, not {t}")
-        if t.shape:
-            if shape and t.shape != shape:
-                raise TypeRuleError(f"{op} of arrays of different shapes {_shape(shape)} and {_shape(t.shape)}")
-            shape = t.shape
-    return Type("f64", shape)
-
-
-def _shape(shape: tuple[int, ...]) -> str:
+def _shape_text(shape: tuple[int, ...]) -> str:
     return "[" + ", ".join(map(str, shape)) + "]"
+
+
+def _elementwise_type(name: str, ints: bool = False):
+    """Float operands of one shape, or arrays with scalars; with ints, all-int gives int."""
+
+    def rule(ins: list[Type], params: dict) -> Type:
+        if ints and all(t == I64 for t in ins):
+            return I64
+        shape: tuple[int, ...] = ()
+        for t in ins:
+            if t.kind != "f64":
+                raise TypeRuleError(f"{name} needs float operands, not {t}")
+            if t.shape:
+                if shape and t.shape != shape:
+                    raise TypeRuleError(f"{name} of arrays of different shapes {_shape_text(shape)} "
+                                        f"and {_shape_text(t.shape)}")
+                shape = t.shape
+        return Type("f64", shape)
+
+    return rule
+
+
+def _compare_type(name: str):
+    def rule(ins, params):
+        a, b = ins
+        if a.shape or b.shape or a != b or a == BOOL:
+            raise TypeRuleError(f"{name} needs two numbers of one type, not {a} and {b}")
+        return BOOL
+
+    return rule
+
+
+def _exactly(want: list[Type], out: Type, name: str):
+    def rule(ins, params):
+        if ins != want:
+            raise TypeRuleError(f"{name} takes ({', '.join(map(str, want))}), not ({', '.join(map(str, ins))})")
+        return out
+
+    return rule
 
 
 def matmul_shape(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...]:
     """The shape of a @ b (matrix or vector operands), or TypeRuleError."""
     if not a or not b:
         raise TypeRuleError("@ needs two arrays; use * to multiply by a scalar")
-    inner_a = a[-1]
-    inner_b = b[0]
-    if inner_a != inner_b:
-        raise TypeRuleError(
-            f"@ of shapes {_shape(a)} and {_shape(b)}: the inner sizes {inner_a} and {inner_b} differ"
-        )
+    if a[-1] != b[0]:
+        raise TypeRuleError(f"@ of shapes {_shape_text(a)} and {_shape_text(b)}: "
+                            f"the inner sizes {a[-1]} and {b[0]} differ")
     return a[:-1] + b[1:]
 
 
-def result_type(op: str, ins: list[Type], params: dict) -> Type:
-    """The type of `op` applied to operands of these types, or TypeRuleError."""
-    n = len(ins)
-    if op in UNARY_MATH and n == 1 or op in BINARY_MATH and n == 2 or op in TERNARY_MATH and n == 3:
-        return _elementwise_type(op, ins)
-    if op in COMPARE and n == 2:
-        a, b = ins
-        if a.shape or b.shape or a != b or a == BOOL:
-            raise TypeRuleError(f"{op} needs two numbers of one type, not {a} and {b}")
-        return BOOL
-    if op == "not" and ins == [BOOL]:
-        return BOOL
-    if op == "to_float" and ins == [I64]:
-        return F64
-    if op == "zeros" and n == 0:
-        return Type("f64", tuple(params["shape"]))
-    if op == "matmul" and n == 2 and all(t.kind == "f64" for t in ins):
-        return Type("f64", matmul_shape(ins[0].shape, ins[1].shape))
-    if op in ("sum", "mean") and n == 1 and ins[0].kind == "f64" and ins[0].shape:
-        return F64
-    if op == "dot" and n == 2 and all(t.kind == "f64" and len(t.shape) == 1 for t in ins):
-        if ins[0].shape != ins[1].shape:
-            raise TypeRuleError(f"dot of vectors of different lengths {ins[0].shape[0]} and {ins[1].shape[0]}")
-        return F64
-    if op == "index" and n >= 2:
-        arr, idx = ins[0], ins[1:]
-        if arr.kind != "f64" or len(idx) > len(arr.shape) or any(t != I64 for t in idx):
-            raise TypeRuleError(f"cannot index {arr} with {len(idx)} int indices")
-        return Type("f64", arr.shape[len(idx):])
-    if op == "transpose" and n == 1 and ins[0].kind == "f64" and len(ins[0].shape) == 2:
-        return Type("f64", ins[0].shape[::-1])
-    if op == "outer" and n == 2 and all(t.kind == "f64" and len(t.shape) == 1 for t in ins):
-        return Type("f64", ins[0].shape + ins[1].shape)
-    if op == "broadcast" and ins == [F64]:
-        return Type("f64", tuple(params["shape"]))
-    if op == "push" and n == 1:
-        raise TypeRuleError("push has no result")
-    if op in ("setindex", "addindex") and n >= 3:
-        arr, value, idx = ins[0], ins[1], ins[2:]
-        if arr.kind != "f64" or len(idx) > len(arr.shape) or any(t != I64 for t in idx):
-            raise TypeRuleError(f"cannot index {arr} with {len(idx)} int indices")
-        if value != Type("f64", arr.shape[len(idx):]):
-            raise TypeRuleError(f"cannot store {value} into an element of {arr}")
-        return arr
-    raise TypeRuleError(f"no op {op} taking ({', '.join(map(str, ins))})")
+def _matmul_type(ins, params):
+    if not all(t.kind == "f64" for t in ins):
+        raise TypeRuleError("@ needs float operands")
+    return Type("f64", matmul_shape(ins[0].shape, ins[1].shape))
 
 
-# ---- evaluation on NumPy values --------------------------------------------------------------
+def _reduce_type(name: str):
+    def rule(ins, params):
+        (t,) = ins
+        if t.kind != "f64" or not t.shape:
+            raise TypeRuleError(f"{name} needs an array, not {t}")
+        return F64
 
-@dataclass
-class IndexOutOfRange(Exception):
-    index: tuple[int, ...]
-    shape: tuple[int, ...]
+    return rule
+
+
+def _dot_type(ins, params):
+    a, b = ins
+    if not (a.kind == b.kind == "f64" and len(a.shape) == len(b.shape) == 1):
+        raise TypeRuleError(f"dot needs two vectors, not {a} and {b}")
+    if a.shape != b.shape:
+        raise TypeRuleError(f"dot of vectors of different lengths {a.shape[0]} and {b.shape[0]}")
+    return F64
+
+
+def _index_type(ins, params):
+    arr, idx = ins[0], ins[1:]
+    if arr.kind != "f64" or not idx or len(idx) > len(arr.shape) or any(t != I64 for t in idx):
+        raise TypeRuleError(f"cannot index {arr} with {len(idx)} int indices")
+    return Type("f64", arr.shape[len(idx):])
+
+
+def _store_type(ins, params):
+    arr, value, idx = ins[0], ins[1], ins[2:]
+    if arr.kind != "f64" or not idx or len(idx) > len(arr.shape) or any(t != I64 for t in idx):
+        raise TypeRuleError(f"cannot index {arr} with {len(idx)} int indices")
+    if value != Type("f64", arr.shape[len(idx):]):
+        raise TypeRuleError(f"cannot store {value} into an element of {arr}")
+    return arr
+
+
+def _transpose_type(ins, params):
+    (t,) = ins
+    if t.kind != "f64" or len(t.shape) != 2:
+        raise TypeRuleError(f"transpose needs a matrix, not {t}")
+    return Type("f64", t.shape[::-1])
+
+
+def _outer_type(ins, params):
+    a, b = ins
+    if not (a.kind == b.kind == "f64" and len(a.shape) == len(b.shape) == 1):
+        raise TypeRuleError(f"outer needs two vectors, not {a} and {b}")
+    return Type("f64", a.shape + b.shape)
+
+
+def _shaped(name: str, takes: list[Type]):
+    """zeros and broadcast: an array of params['shape']."""
+
+    def rule(ins, params):
+        if ins != takes:
+            raise TypeRuleError(f"{name} takes ({', '.join(map(str, takes))}), not ({', '.join(map(str, ins))})")
+        shape = tuple(params.get("shape", ()))
+        if not shape or not all(isinstance(n, int) and n >= 1 for n in shape):
+            raise TypeRuleError(f"{name} needs a shape of positive sizes, not {shape}")
+        return Type("f64", shape)
+
+    return rule
+
+
+def _no_result(name: str):
+    def rule(ins, params):
+        raise TypeRuleError(f"{name} has no result")
+
+    return rule
+
+
+def _pop_type(ins, params):
+    raise TypeRuleError("pop's type is that of the value its push stored")
+
+
+# ---- evaluation helpers ------------------------------------------------------------------------
+
+def _ufunc(name: str):
+    """A NumPy function by name, looked up when first called (NumPy is imported lazily)."""
+    return lambda params, *args: getattr(_np(), name)(*args)
+
+
+def _sigmoid(params, x):
+    np = _np()
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def _erf(params, x):
+    np = _np()
+    if isinstance(x, np.ndarray):
+        return np.vectorize(math.erf, otypes=[float])(x)
+    return math.erf(float(x))
+
+
+def _lt_weight(params, a, b):
+    np = _np()
+    return np.where(np.less(a, b), 1.0, np.where(np.equal(a, b), 0.5, 0.0))
+
+
+def _div_or_zero(params, a, b):
+    np = _np()
+    b = np.asarray(b, dtype=float)
+    safe = np.where(b != 0.0, b, 1.0)
+    return np.where(b != 0.0, np.divide(a, safe), 0.0)
 
 
 def _check_index(idx: tuple[int, ...], shape: tuple[int, ...]) -> None:
@@ -180,59 +254,471 @@ def _check_index(idx: tuple[int, ...], shape: tuple[int, ...]) -> None:
             raise IndexOutOfRange(idx, shape)
 
 
+@dataclass
+class IndexOutOfRange(Exception):
+    index: tuple[int, ...]
+    shape: tuple[int, ...]
+
+
+def _index(params, arr, *idx):
+    _check_index(idx, arr.shape)
+    value = arr[tuple(idx)]
+    return value.copy() if hasattr(value, "copy") and getattr(value, "ndim", 0) else float(value)
+
+
+def _store(add: bool):
+    def evaluate(params, arr, value, *idx):
+        _check_index(idx, arr.shape)
+        new = arr.copy()
+        if add:
+            new[tuple(idx)] += value
+        else:
+            new[tuple(idx)] = value
+        return new
+
+    return evaluate
+
+
+# ---- kernel lines for array ops that are not elementwise -----------------------------------------
+#
+# render(dest, args, in_types, out_type) -> lines of Python, indented relative to the statement.
+# `dest` is the name of the array the result is written into (allocated by the code generator),
+# or of the scalar result; `args` are the inputs' names.
+
+def _flat(t: Type) -> str:
+    """Element dl_i of an array of type t: [dl_i] on a vector, .flat[dl_i] on a matrix."""
+    return "[dl_i]" if len(t.shape) == 1 else ".flat[dl_i]"
+
+
+def _size(t: Type) -> int:
+    n = 1
+    for k in t.shape:
+        n *= k
+    return n
+
+
+def _lines_fill(dest, args, ins, out):
+    value = args[0] if args else "0.0"
+    return [f"for dl_i in range({_size(out)}):", f"    {dest}{_flat(out)} = {value}"]
+
+
+def _lines_reduce(mean: bool):
+    def render(dest, args, ins, out):
+        (t,) = ins
+        lines = [f"{dest} = 0.0", f"for dl_i in range({_size(t)}):", f"    {dest} += {args[0]}{_flat(t)}"]
+        if mean:
+            lines.append(f"{dest} /= {float(_size(t))!r}")
+        return lines
+
+    return render
+
+
+def _lines_dot(dest, args, ins, out):
+    a, b = args
+    return [f"{dest} = 0.0", f"for dl_i in range({ins[0].shape[0]}):", f"    {dest} += {a}[dl_i] * {b}[dl_i]"]
+
+
+def _lines_matmul(dest, args, ins, out):
+    a, b = args
+    sa, sb = ins[0].shape, ins[1].shape
+    if len(sa) == len(sb) == 1:
+        return _lines_dot(dest, args, ins, out)
+    if len(sa) == 2 and len(sb) == 1:  # matrix @ vector
+        loops, (n, m), term, put = 1, sa, f"{a}[dl_i, dl_k] * {b}[dl_k]", f"{dest}[dl_i]"
+    elif len(sa) == 1:  # vector @ matrix
+        loops, (m, n), term, put = 1, sb, f"{a}[dl_k] * {b}[dl_k, dl_i]", f"{dest}[dl_i]"
+    else:  # matrix @ matrix
+        loops, (n, m), term, put = 2, sa, f"{a}[dl_i, dl_k] * {b}[dl_k, dl_j]", f"{dest}[dl_i, dl_j]"
+    lines = [f"for dl_i in range({n}):"]
+    pad = "    "
+    if loops == 2:
+        lines.append(f"    for dl_j in range({sb[1]}):")
+        pad = "        "
+    return lines + [f"{pad}dl_s = 0.0", f"{pad}for dl_k in range({m}):", f"{pad}    dl_s += {term}",
+                    f"{pad}{put} = dl_s"]
+
+
+def _lines_outer(dest, args, ins, out):
+    a, b = args
+    return [f"for dl_i in range({ins[0].shape[0]}):", f"    for dl_j in range({ins[1].shape[0]}):",
+            f"        {dest}[dl_i, dl_j] = {a}[dl_i] * {b}[dl_j]"]
+
+
+def _lines_transpose(dest, args, ins, out):
+    n, m = ins[0].shape
+    return [f"for dl_i in range({n}):", f"    for dl_j in range({m}):",
+            f"        {dest}[dl_j, dl_i] = {args[0]}[dl_i, dl_j]"]
+
+
+def _lines_index(dest, args, ins, out):
+    arr, *idx = args
+    if not out.shape:
+        return [f"{dest} = {arr}[{', '.join(idx)}]"]
+    # a row of a matrix (the only partial index: arrays have at most two dimensions)
+    return [f"for dl_i in range({out.shape[0]}):", f"    {dest}[dl_i] = {arr}[{idx[0]}, dl_i]"]
+
+
+def _lines_store(add: bool):
+    def render(dest, args, ins, out):
+        arr, value, *idx = args
+        op = "+=" if add else "="
+        lines = [f"for dl_i in range({_size(out)}):", f"    {dest}{_flat(out)} = {arr}{_flat(out)}"]
+        if not ins[1].shape:
+            return lines + [f"{dest}[{', '.join(idx)}] {op} {value}"]
+        return lines + [f"for dl_i in range({ins[1].shape[0]}):", f"    {dest}[{idx[0]}, dl_i] {op} {value}[dl_i]"]
+
+    return render
+
+
+# ---- reverse (VJP) rules -------------------------------------------------------------------------
+
+ONE = Lit(1.0, F64)
+TWO = Lit(2.0, F64)
+ZERO = Lit(0.0, F64)
+
+
+def _unary(derivative):
+    """A rule for y = f(x) whose dy/dx is derivative(b, x, y), x and y fetched lazily."""
+
+    def rule(b, e, ct):
+        (x,), y = e.ins, e.outs[0]
+        return [lambda: b.mul(ct, derivative(b, x, y))]
+
+    return rule
+
+
+def _vjp_add(b, e, ct):
+    return [lambda: ct, lambda: ct]
+
+
+def _vjp_sub(b, e, ct):
+    return [lambda: ct, lambda: b.op("neg", ct)]
+
+
+def _vjp_mul(b, e, ct):
+    x, y = e.ins
+    return [lambda: b.mul(ct, b.p(y)), lambda: b.mul(ct, b.p(x))]
+
+
+def _vjp_div(b, e, ct):
+    x, y = e.ins
+    out = e.outs[0]
+    # d/dy (x / y) = -x / y^2 = -out / y
+    return [lambda: b.op("div", ct, b.p(y)),
+            lambda: b.op("neg", b.op("div", b.mul(ct, b.p(out)), b.p(y)))]
+
+
+def _vjp_pow(b, e, ct):
+    x, y = e.ins
+    out = e.outs[0]
+    # d/dx x^y = y x^(y-1); d/dy x^y = x^y log(x)
+    return [lambda: b.mul(ct, b.mul(b.p(y), b.op("pow", b.p(x), b.op("sub", b.p(y), ONE)))),
+            lambda: b.mul(ct, b.mul(b.p(out), b.op("log", b.p(x))))]
+
+
+def _vjp_div_or_zero(b, e, ct):
+    x, y = e.ins
+    out = e.outs[0]
+    # as div where y != 0; zero where y == 0 (the output is the constant 0 there)
+    return [lambda: b.op("div_or_zero", ct, b.p(y)),
+            lambda: b.op("neg", b.op("div_or_zero", b.mul(ct, b.p(out)), b.p(y)))]
+
+
+def _vjp_atan2(b, e, ct):
+    y, x = e.ins
+
+    def denom():
+        return b.op("add", b.mul(b.p(x), b.p(x)), b.mul(b.p(y), b.p(y)))
+
+    return [lambda: b.op("div", b.mul(ct, b.p(x)), denom()),
+            lambda: b.op("neg", b.op("div", b.mul(ct, b.p(y)), denom()))]
+
+
+def _vjp_hypot(b, e, ct):
+    x, y = e.ins
+    h = e.outs[0]
+    # d/dx hypot(x, y) = x / hypot(x, y); 0 at the origin, as abs'(0) = 0
+    return [lambda: b.mul(ct, b.op("div_or_zero", b.p(x), b.p(h))),
+            lambda: b.mul(ct, b.op("div_or_zero", b.p(y), b.p(h)))]
+
+
+def _vjp_choose(first_weight):
+    """min and max: the derivative goes to the operand the forward pass returned, split evenly
+    at a tie. first_weight(b, x, y) is the first operand's share: 1, 0.5 or 0."""
+
+    def rule(b, e, ct):
+        def weight():
+            return first_weight(b, b.p(e.ins[0]), b.p(e.ins[1]))
+
+        return [lambda: b.mul(ct, weight()), lambda: b.mul(ct, b.op("sub", ONE, weight()))]
+
+    return rule
+
+
+def _vjp_clamp(b, e, ct):
+    x, lo, hi = e.ins
+    # clamp(x, lo, hi) = min(max(x, lo), hi): the rules of max, then of min, ties split evenly
+
+    def x_share():  # of max(x, lo)
+        return b.op("lt_weight", b.p(lo), b.p(x))
+
+    def m_share():  # of min(m, hi), m = max(x, lo)
+        return b.op("lt_weight", b.op("max", b.p(x), b.p(lo)), b.p(hi))
+
+    return [lambda: b.mul(ct, b.mul(m_share(), x_share())),
+            lambda: b.mul(ct, b.mul(m_share(), b.op("sub", ONE, x_share()))),
+            lambda: b.mul(ct, b.op("sub", ONE, m_share()))]
+
+
+def _vjp_matmul(b, e, ct):
+    x, y = e.ins
+    xs, ys = x.type.shape, y.type.shape
+    if len(xs) == 2 and len(ys) == 1:  # A @ v
+        return [lambda: b.op("outer", ct, b.p(y)), lambda: b.op("matmul", ct, b.p(x))]
+    if len(xs) == 2 and len(ys) == 2:  # A @ B
+        return [lambda: b.op("matmul", ct, b.op("transpose", b.p(y))),
+                lambda: b.op("matmul", b.op("transpose", b.p(x)), ct)]
+    if len(xs) == 1 and len(ys) == 2:  # v @ B
+        return [lambda: b.op("matmul", b.p(y), ct), lambda: b.op("outer", b.p(x), ct)]
+    return [lambda: b.mul(ct, b.p(y)), lambda: b.mul(ct, b.p(x))]  # v @ w
+
+
+def _vjp_sum(b, e, ct):
+    return [lambda: b.op("broadcast", ct, shape=e.ins[0].type.shape)]
+
+
+def _vjp_mean(b, e, ct):
+    t = e.ins[0].type
+    return [lambda: b.op("broadcast", b.op("div", ct, Lit(float(_size(t)), F64)), shape=t.shape)]
+
+
+def _vjp_index(b, e, ct):
+    idx = tuple(b.p(i) for i in e.ins[1:])
+    return [lambda: AddAt(ct, idx)] + [None] * len(idx)
+
+
+def _vjp_setindex(b, e, ct):
+    arr, value, *idx = e.ins
+
+    def cleared():
+        zero = ZERO if not value.type.shape else b.op("zeros", shape=value.type.shape)
+        return b.op("setindex", ct, zero, *(b.p(i) for i in idx))
+
+    return [cleared, lambda: b.op("index", ct, *(b.p(i) for i in idx))] + [None] * len(idx)
+
+
+def _vjp_addindex(b, e, ct):
+    arr, value, *idx = e.ins
+    return [lambda: ct, lambda: b.op("index", ct, *(b.p(i) for i in idx))] + [None] * len(idx)
+
+
+def _vjp_outer(b, e, ct):
+    x, y = e.ins
+    return [lambda: b.op("matmul", ct, b.p(y)), lambda: b.op("matmul", b.p(x), ct)]
+
+
+def _one_minus_square(b, y):
+    return b.op("sub", ONE, b.mul(b.p(y), b.p(y)))
+
+
+def _recip_of(b, value):
+    return b.op("div", ONE, value)
+
+
+# ---- the registry ---------------------------------------------------------------------------------
+
+REGISTRY: dict[str, Primitive] = {}
+
+
+def _register(*prims: Primitive) -> None:
+    for p in prims:
+        assert p.name not in REGISTRY, p.name
+        REGISTRY[p.name] = p
+
+
+def _math1(name: str, evaluate, derivative, scalar: str, helper: str | None = None, doc: str = "",
+           numpy_name: str | None = None, differentiable: bool = True) -> Primitive:
+    """A unary math builtin, elementwise on arrays, callable in consts."""
+    return Primitive(name, 1, _elementwise_type(name), evaluate or _ufunc(numpy_name or name),
+                     vjp=_unary(derivative) if differentiable else None, differentiable=differentiable,
+                     scalar=scalar, elementwise=True, helper=helper, builtin=name, const=True, doc=doc)
+
+
+LN2 = Lit(math.log(2.0), F64)
+LN10 = Lit(math.log(10.0), F64)
+TWO_OVER_SQRT_PI = Lit(2.0 / math.sqrt(math.pi), F64)
+
+_register(
+    # ---- arithmetic operators (add, sub, mul and neg also on ints) ----
+    Primitive("add", 2, _elementwise_type("add", ints=True), lambda p, a, b: a + b, _vjp_add,
+              scalar="{0} + {1}", elementwise=True, operator="+", doc="addition"),
+    Primitive("sub", 2, _elementwise_type("sub", ints=True), lambda p, a, b: a - b, _vjp_sub,
+              scalar="{0} - {1}", elementwise=True, operator="-", doc="subtraction"),
+    Primitive("mul", 2, _elementwise_type("mul", ints=True), lambda p, a, b: a * b, _vjp_mul,
+              scalar="{0} * {1}", elementwise=True, operator="*", doc="multiplication"),
+    Primitive("div", 2, _elementwise_type("div"), _ufunc("divide"), _vjp_div,
+              scalar="{0} / {1}", elementwise=True, operator="/", doc="division (IEEE: x / 0 is inf or nan)"),
+    Primitive("pow", 2, _elementwise_type("pow"), _ufunc("power"), _vjp_pow,
+              scalar="{0} ** {1}", elementwise=True, operator="^", builtin="pow", const=True, doc="x to the power y"),
+    Primitive("neg", 1, _elementwise_type("neg", ints=True), lambda p, x: -x,
+              lambda b, e, ct: [lambda: b.op("neg", ct)], scalar="-{0}", elementwise=True, operator="unary -",
+              doc="negation"),
+    Primitive("matmul", 2, _matmul_type, lambda p, a, b: _np().matmul(a, b), _vjp_matmul,
+              render=_lines_matmul, operator="@", doc="matrix-vector, vector-matrix, matrix-matrix or vector-vector product"),
+
+    # ---- math builtins ----
+    _math1("sin", None, lambda b, x, y: b.op("cos", b.p(x)), "dl_math.sin({0})", doc="sine"),
+    _math1("cos", None, lambda b, x, y: b.op("neg", b.op("sin", b.p(x))), "dl_math.cos({0})", doc="cosine"),
+    _math1("tan", None, lambda b, x, y: b.op("add", ONE, b.mul(b.p(y), b.p(y))), "dl_math.tan({0})", doc="tangent"),
+    _math1("asin", None, lambda b, x, y: _recip_of(b, b.op("sqrt", _one_minus_square(b, x))),
+           "dl_rt.asin({0})", "asin", "arc sine (nan outside [-1, 1])", numpy_name="arcsin"),
+    _math1("acos", None, lambda b, x, y: b.op("neg", _recip_of(b, b.op("sqrt", _one_minus_square(b, x)))),
+           "dl_rt.acos({0})", "acos", "arc cosine (nan outside [-1, 1])", numpy_name="arccos"),
+    _math1("atan", None, lambda b, x, y: _recip_of(b, b.op("add", ONE, b.mul(b.p(x), b.p(x)))),
+           "dl_math.atan({0})", doc="arc tangent", numpy_name="arctan"),
+    _math1("exp", None, lambda b, x, y: b.p(y), "dl_math.exp({0})", doc="e to the x"),
+    _math1("exp2", None, lambda b, x, y: b.mul(b.p(y), LN2), "2.0 ** {0}", doc="2 to the x"),
+    _math1("log", None, lambda b, x, y: _recip_of(b, b.p(x)), "dl_rt.log({0})", "log",
+           "natural logarithm (-inf at 0, nan below)"),
+    _math1("log2", None, lambda b, x, y: _recip_of(b, b.mul(b.p(x), LN2)), "dl_math.log2({0})",
+           doc="base-2 logarithm"),
+    _math1("log10", None, lambda b, x, y: _recip_of(b, b.mul(b.p(x), LN10)), "dl_math.log10({0})",
+           doc="base-10 logarithm"),
+    _math1("log1p", None, lambda b, x, y: _recip_of(b, b.op("add", ONE, b.p(x))), "dl_rt.log1p({0})", "log1p",
+           "log(1 + x), exact for small x"),
+    _math1("sqrt", None, lambda b, x, y: _recip_of(b, b.mul(TWO, b.p(y))), "dl_rt.sqrt({0})", "sqrt",
+           "square root (nan below 0)"),
+    _math1("tanh", None, lambda b, x, y: _one_minus_square(b, y), "dl_math.tanh({0})", doc="hyperbolic tangent"),
+    _math1("sinh", None, lambda b, x, y: b.op("cosh", b.p(x)), "dl_math.sinh({0})", doc="hyperbolic sine"),
+    _math1("cosh", None, lambda b, x, y: b.op("sinh", b.p(x)), "dl_math.cosh({0})", doc="hyperbolic cosine"),
+    _math1("erf", _erf, lambda b, x, y: b.mul(TWO_OVER_SQRT_PI, b.op("exp", b.op("neg", b.mul(b.p(x), b.p(x))))),
+           "dl_math.erf({0})", doc="the error function"),
+    _math1("sigmoid", _sigmoid, lambda b, x, y: b.mul(b.p(y), b.op("sub", ONE, b.p(y))), "dl_rt.sigmoid({0})",
+           "sigmoid", "1 / (1 + exp(-x))"),
+    _math1("relu", lambda p, x: _np().maximum(x, 0.0), lambda b, x, y: b.op("mask_gt", b.p(x), ZERO),
+           "dl_rt.relu({0})", "relu", "max(x, 0); relu'(0) = 0"),
+    _math1("softplus", lambda p, x: _np().logaddexp(0.0, x), lambda b, x, y: b.op("sigmoid", b.p(x)),
+           "dl_rt.softplus({0})", "softplus", "log(1 + exp(x)), without overflow"),
+    _math1("abs", None, lambda b, x, y: b.op("sign", b.p(x)), "abs({0})", doc="absolute value; abs'(0) = 0"),
+    _math1("sign", None, None, "dl_rt.sign({0})", "sign", "-1, 0 or 1 (zero derivative)", differentiable=False),
+    _math1("floor", None, None, "dl_np.floor({0})", doc="round down (zero derivative)", differentiable=False),
+    _math1("ceil", None, None, "dl_np.ceil({0})", doc="round up (zero derivative)", differentiable=False),
+    _math1("round", lambda p, x: _np().round(x), None, "dl_rt.fround({0})", "fround",
+           "round half to even (zero derivative)", differentiable=False),
+    Primitive("atan2", 2, _elementwise_type("atan2"), _ufunc("arctan2"), _vjp_atan2, scalar="dl_math.atan2({0}, {1})",
+              elementwise=True, builtin="atan2", const=True, doc="the angle of the point (x, y): atan2(y, x)"),
+    Primitive("hypot", 2, _elementwise_type("hypot"), _ufunc("hypot"), _vjp_hypot, scalar="dl_math.hypot({0}, {1})",
+              elementwise=True, builtin="hypot", const=True, doc="sqrt(x^2 + y^2) without overflow; 0 derivative at 0"),
+    Primitive("min", 2, _elementwise_type("min"), _ufunc("minimum"),
+              _vjp_choose(lambda b, x, y: b.op("lt_weight", x, y)), scalar="dl_rt.fmin({0}, {1})", elementwise=True,
+              helper="fmin", builtin="min", const=True, doc="the smaller; a tie splits the derivative evenly"),
+    Primitive("max", 2, _elementwise_type("max"), _ufunc("maximum"),
+              _vjp_choose(lambda b, x, y: b.op("lt_weight", y, x)), scalar="dl_rt.fmax({0}, {1})", elementwise=True,
+              helper="fmax", builtin="max", const=True, doc="the larger; a tie splits the derivative evenly"),
+    Primitive("clamp", 3, _elementwise_type("clamp"),
+              lambda p, x, lo, hi: _np().minimum(_np().maximum(x, lo), hi), _vjp_clamp,
+              scalar="dl_rt.clamp({0}, {1}, {2})", elementwise=True, helper="clamp", builtin="clamp", const=True,
+              doc="min(max(x, lo), hi), with their derivatives"),
+
+    # ---- array builtins ----
+    Primitive("zeros", 0, _shaped("zeros", []), lambda p: _np().zeros(p["shape"]), differentiable=False,
+              render=_lines_fill, builtin="zeros", source_arity=(1, 2), doc="an array of zeros: zeros(N), zeros(N, M)"),
+    Primitive("sum", 1, _reduce_type("sum"), lambda p, x: float(_np().sum(x)), _vjp_sum, render=_lines_reduce(False),
+              builtin="sum", doc="the sum of an array's elements"),
+    Primitive("mean", 1, _reduce_type("mean"), lambda p, x: float(_np().mean(x)), _vjp_mean,
+              render=_lines_reduce(True), builtin="mean", doc="the mean of an array's elements"),
+    Primitive("dot", 2, _dot_type, lambda p, a, b: float(_np().dot(a, b)), _vjp_mul, render=_lines_dot,
+              builtin="dot", doc="the dot product of two vectors"),
+    Primitive("index", 2, _index_type, _index, _vjp_index, render=_lines_index, checks_index=1, operator="[]",
+              doc="an element, or a row of a matrix: v[i], W[i, j], W[i]"),
+    Primitive("setindex", 3, _store_type, _store(False), _vjp_setindex, render=_lines_store(False), checks_index=2,
+              operator="[] =", doc="a new array with one element or row replaced (v[i] = x)"),
+
+    # ---- comparisons and logic (conditions only; no derivative) ----
+    *(Primitive(name, 2, _compare_type(name), lambda p, a, b, f=f: bool(f(a, b)), differentiable=False,
+                scalar="{0} %s {1}" % sym, operator=sym, doc=f"comparison {sym}")
+      for name, sym, f in (("lt", "<", lambda a, b: a < b), ("le", "<=", lambda a, b: a <= b),
+                           ("gt", ">", lambda a, b: a > b), ("ge", ">=", lambda a, b: a >= b),
+                           ("eq", "==", lambda a, b: a == b), ("ne", "!=", lambda a, b: a != b))),
+    Primitive("not", 1, _exactly([BOOL], BOOL, "not"), lambda p, a: not a, differentiable=False,
+              scalar="not {0}", operator="not", doc="logical not"),
+
+    # ---- internal: made by lowering and by derivative rules, never written in a program ----
+    Primitive("to_float", 1, _exactly([I64], F64, "to_float"), lambda p, a: float(a), differentiable=False,
+              scalar="float({0})", doc="int to float (int promotion is explicit in the IR)"),
+    Primitive("addindex", 3, _store_type, _store(True), _vjp_addindex, render=_lines_store(True), checks_index=2,
+              doc="a new array with value added at one element or row (adjoints of index)"),
+    Primitive("transpose", 1, _transpose_type, lambda p, x: x.T.copy(), lambda b, e, ct: [lambda: b.op("transpose", ct)],
+              render=_lines_transpose, doc="matrix transpose"),
+    Primitive("outer", 2, _outer_type, lambda p, a, b: _np().outer(a, b), _vjp_outer, render=_lines_outer,
+              doc="outer product of two vectors"),
+    Primitive("broadcast", 1, _shaped("broadcast", [F64]), lambda p, x: _np().full(p["shape"], float(x)),
+              lambda b, e, ct: [lambda: b.op("sum", ct)], render=_lines_fill, doc="a scalar repeated to params['shape']"),
+    Primitive("mask_gt", 2, _elementwise_type("mask_gt"), lambda p, a, b: _np().greater(a, b) * 1.0,
+              differentiable=False, scalar="dl_rt.mask_gt({0}, {1})", elementwise=True, helper="mask_gt",
+              doc="1.0 where a > b, else 0.0 (relu's derivative)"),
+    Primitive("lt_weight", 2, _elementwise_type("lt_weight"), _lt_weight, differentiable=False,
+              scalar="dl_rt.lt_weight({0}, {1})", elementwise=True, helper="lt_weight",
+              doc="1.0 where a < b, 0.5 where a == b, else 0.0 (the share of min's first operand)"),
+    Primitive("div_or_zero", 2, _elementwise_type("div_or_zero"), _div_or_zero, _vjp_div_or_zero,
+              scalar="dl_rt.div_or_zero({0}, {1})", elementwise=True, helper="div_or_zero",
+              doc="a / b, or 0.0 where b is 0 (hypot's derivative)"),
+
+    # ---- structural: the tape and the start of the reverse sweep ----
+    Primitive("push", 1, _no_result("push"), None, structural=True,
+              doc="push[tape=T, id=K] x: store x on tape T; the pop with the same id takes it back"),
+    Primitive("pop", 0, _pop_type, None, structural=True,
+              doc="%y = pop[tape=T, id=K]: the value its push stored, last in first out"),
+    Primitive("seal", 0, _no_result("seal"), None, structural=True,
+              doc="seal[tape=T]: tape T's pushes all come before this top-level point, its pops after"),
+    Primitive("sweep", 0, _no_result("sweep"), None, structural=True,
+              doc="sweep[tape=T]: the start of an adjoint program's reverse sweep; seals its tape T"),
+)
+
+
+# ---- tables derived from the registry ---------------------------------------------------------------
+
+BUILTINS: dict[str, Primitive] = {p.builtin: p for p in REGISTRY.values() if p.builtin}
+CONST_FUNCTIONS: set[str] = {p.builtin for p in REGISTRY.values() if p.builtin and p.const}
+OPERATOR_SPELLING: dict[str, str] = {p.name: p.operator for p in REGISTRY.values() if p.operator}
+
+
+def get(op: str) -> Primitive:
+    try:
+        return REGISTRY[op]
+    except KeyError:
+        raise MissingRule(op, "primitive") from None
+
+
+def result_type(op: str, ins: list[Type], params: dict) -> Type:
+    """The type of `op` applied to operands of these types, or TypeRuleError."""
+    prim = REGISTRY.get(op)
+    if prim is None:
+        raise TypeRuleError(f"no op {op} taking ({', '.join(map(str, ins))})")
+    if len(ins) != prim.arity and prim.checks_index is None:
+        raise TypeRuleError(f"{op} takes {prim.arity} operand{'s' * (prim.arity != 1)}, not {len(ins)}")
+    return prim.type_rule(list(ins), params)
+
+
 def evaluate(op: str, params: dict, args: list, out_type: Type):
     """Apply op to Python/NumPy values. Floats follow IEEE (no exceptions); ints stay Python ints."""
+    prim = REGISTRY.get(op)
+    if prim is None or prim.evaluate is None:
+        raise MissingRule(op, "evaluation")
     if out_type == I64:
-        return int({**BINARY_MATH, **UNARY_MATH}[op](*args))
+        return int(prim.evaluate(params, *args))
+    if out_type == BOOL:
+        return bool(prim.evaluate(params, *args))
     np = _np()
-    if op in ELEMENTWISE:
-        with np.errstate(all="ignore"):
-            args = [np.float64(a) if not isinstance(a, np.ndarray) else a for a in args]
-            value = ELEMENTWISE[op](*args)
-        return value.copy() if isinstance(value, np.ndarray) else float(value)
-    if op in COMPARE:
-        return bool(COMPARE[op](*args))
-    if op == "not":
-        return not args[0]
-    if op == "to_float":
-        return float(args[0])
-    if op == "zeros":
-        return np.zeros(params["shape"])
-    if op == "matmul":
-        with np.errstate(all="ignore"):
-            value = np.matmul(args[0], args[1])
-        return value if isinstance(value, np.ndarray) else float(value)
-    if op == "sum":
-        return float(np.sum(args[0]))
-    if op == "mean":
-        return float(np.mean(args[0]))
-    if op == "dot":
-        with np.errstate(all="ignore"):
-            return float(np.dot(args[0], args[1]))
-    if op == "index":
-        idx = tuple(args[1:])
-        _check_index(idx, args[0].shape)
-        value = args[0][idx]
-        return value.copy() if isinstance(value, np.ndarray) else float(value)
-    if op in ("setindex", "addindex"):
-        idx = tuple(args[2:])
-        _check_index(idx, args[0].shape)
-        new = args[0].copy()
-        if op == "setindex":
-            new[idx] = args[1]
-        else:
-            new[idx] += args[1]
-        return new
-    if op == "transpose":
-        return args[0].T.copy()
-    if op == "outer":
-        return np.outer(args[0], args[1])
-    if op == "broadcast":
-        return np.full(params["shape"], float(args[0]))
-    raise NotImplementedError(f"the interpreter has no rule for op {op}")
+    with np.errstate(all="ignore"):
+        if prim.elementwise:
+            args = [a if isinstance(a, np.ndarray) else np.float64(a) for a in args]
+        value = prim.evaluate(params, *args)
+    if isinstance(value, np.ndarray) and value.ndim:
+        return value.copy() if prim.elementwise else value
+    return float(value)
 
 
 def math_scalar(op: str, args: list[float]) -> float:
     """A float math op on Python floats (for constant evaluation), with IEEE results."""
     return float(evaluate(op, {}, [float(a) for a in args], F64))
-

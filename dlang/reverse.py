@@ -1,27 +1,35 @@
 """Reverse-mode AD as a source transformation: a program's IR in, its adjoint IR out.
 
-The adjoint program runs the primal forward, then a reverse sweep over the equations in
-reverse order, accumulating adjoints (`b_x` is d loss / d x) by addition with the rules of
-dlang.adjoints. Loops and branches: a value defined inside a loop body or branch that the
-reverse sweep reads is pushed onto a tape at the end of that block in the forward pass and
-popped at the start of the matching reverse block; a `while` loop also counts its trips, and
-its reverse is a `for` over that count. Only active values (those that depend on a param and
-reach the loss) get adjoints, and only values the reverse sweep reads are taped.
+The adjoint program runs the primal forward, then (after its `sweep` statement) a reverse
+sweep over the equations in reverse order, accumulating adjoints (`b_x` is d loss / d x) by
+addition with the rules of the primitive registry (dlang.prims). Loops and branches: a value
+defined inside a loop body or branch that the reverse sweep reads is pushed onto a tape at the
+end of that block in the forward pass and popped at the start of the matching reverse block,
+each pop paired with its push by an id; a `while` loop also counts its trips, and its reverse
+is a `for` over that count. Only active values (those that depend on a param and reach the
+loss) get adjoints, and only values the reverse sweep reads are taped.
+
+Each tape is sealed at one point of the body's top level (`seal[tape=T]`, or the `sweep`,
+which also seals this level's tape): all its pushes come before that point, all its pops after.
+
+The tape operations have derivative rules too, so an adjoint program can be differentiated
+again: the adjoint of a popped value is pushed onto a cotangent tape where the pop is reversed,
+and popped back, last first, where its push is reversed; the reverse of a seal seals the
+cotangent tape. Each transformation uses new tape numbers (one for its own values, one per
+tape of the program it differentiates), so tapes of different levels never interleave.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .adjoints import NONDIFFERENTIABLE, RULES, AddAt, MissingRule
-from .ir import (F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Stmt, Type, Var,
-                 WhileLoop, blocks_of, walk)
-from .optimize import eliminate_dead_code
-from .prims import evaluate, result_type
+from .ir import (F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Stmt, Type, Var, WhileLoop,
+                 defined_anywhere, defined_in, renumber, tape_ops, vars_read, walk)
+from .prims import REGISTRY, AddAt, MissingRule, evaluate, result_type
 
 
 def reverse_ad(program: Program) -> Program:
     """The adjoint program: body results are (loss, d loss / d param for every param)."""
-    return _Reverse(program).build()
+    return renumber(_Reverse(program).build())
 
 
 # ---- activity analysis ----------------------------------------------------------------------
@@ -37,18 +45,40 @@ def _ids(atoms) -> set[int]:
     return {a.id for a in atoms if isinstance(a, Var)}
 
 
+def tape_key(e: Eqn) -> tuple[int, int]:
+    """(tape, id) of a push or pop."""
+    params = dict(e.params)
+    return params["tape"], params["id"]
+
+
+@dataclass
+class _TapePairs:
+    """A program's pushes and pops, by (tape, id): what each push stores, what each pop gives."""
+
+    stored: dict[tuple, Atom] = field(default_factory=dict)
+    popped: dict[tuple, Var] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, block: Block) -> "_TapePairs":
+        pairs = cls()
+        for e in tape_ops(block):
+            if e.op == "push":
+                pairs.stored[tape_key(e)] = e.ins[0]
+            else:
+                pairs.popped[tape_key(e)] = e.outs[0]
+        return pairs
+
+
 def activity(program: Program) -> set[int]:
     """Ids of active values: f64 values that depend on a param and reach the loss."""
-    params = program.body.params[len(program.data):]
-    varied = {v.id for v in params}
-    changed = True
-    while changed:
-        changed = _mark_varied(program.body, varied)
+    pairs = _TapePairs.of(program.body)
+    varied = {v.id for v in program.param_vars}
+    while _mark_varied(program.body, varied, pairs):
+        pass
     useful = _ids(program.body.results[:1])
-    changed = True
-    while changed:
-        changed = _mark_useful(program.body, useful)
-    return {i for i in varied & useful}
+    while _mark_useful(program.body, useful, pairs):
+        pass
+    return varied & useful
 
 
 def _mark(target: set[int], ids: set[int]) -> bool:
@@ -57,11 +87,19 @@ def _mark(target: set[int], ids: set[int]) -> bool:
     return bool(new)
 
 
-def _mark_varied(block: Block, varied: set[int]) -> bool:
+def _differentiable(e: Eqn) -> bool:
+    prim = REGISTRY.get(e.op)
+    return prim is not None and prim.differentiable and not prim.structural
+
+
+def _mark_varied(block: Block, varied: set[int], pairs: _TapePairs) -> bool:
     changed = False
     for s in block.eqns:
         if isinstance(s, Eqn):
-            if s.op not in NONDIFFERENTIABLE and _ids(s.ins) & varied:
+            if s.op == "pop":
+                if _ids([pairs.stored.get(tape_key(s))]) & varied and s.outs[0].type.kind == "f64":
+                    changed |= _mark(varied, {s.outs[0].id})
+            elif _differentiable(s) and _ids(s.ins) & varied:
                 changed |= _mark(varied, {v.id for v in s.outs if v.type.kind == "f64"})
         elif isinstance(s, (ForLoop, WhileLoop)):
             for init, param, result, out in _carried_slots(s):
@@ -71,78 +109,40 @@ def _mark_varied(block: Block, varied: set[int]) -> bool:
                 for init, param, result in zip(s.inits, s.cond.params, s.body.results):
                     if _ids([init, result]) & varied:
                         changed |= _mark(varied, {param.id})
-            for inner in blocks_of(s):
-                changed |= _mark_varied(inner, varied)
+            for inner in (s.body,) if isinstance(s, ForLoop) else (s.cond, s.body):
+                changed |= _mark_varied(inner, varied, pairs)
         elif isinstance(s, IfElse):
-            changed |= _mark_varied(s.then, varied) | _mark_varied(s.orelse, varied)
+            changed |= _mark_varied(s.then, varied, pairs) | _mark_varied(s.orelse, varied, pairs)
             for a, b, out in zip(s.then.results, s.orelse.results, s.outs):
                 if _ids([a, b]) & varied and out.type.kind == "f64":
                     changed |= _mark(varied, {out.id})
     return changed
 
 
-def _mark_useful(block: Block, useful: set[int]) -> bool:
+def _mark_useful(block: Block, useful: set[int], pairs: _TapePairs) -> bool:
     changed = False
     for s in reversed(block.eqns):
         if isinstance(s, Eqn):
-            if s.op not in NONDIFFERENTIABLE and _ids(s.outs) & useful:
+            if s.op == "push":
+                popped = pairs.popped.get(tape_key(s))
+                if popped is not None and popped.id in useful:
+                    changed |= _mark(useful, {a.id for a in s.ins if isinstance(a, Var) and a.type.kind == "f64"})
+            elif _differentiable(s) and _ids(s.outs) & useful:
                 changed |= _mark(useful, {a.id for a in s.ins if isinstance(a, Var) and a.type.kind == "f64"})
         elif isinstance(s, (ForLoop, WhileLoop)):
             for init, param, result, out in _carried_slots(s):
                 if {param.id, out.id} & useful:
                     changed |= _mark(useful, _ids([init, result]) | {param.id, out.id})
-            changed |= _mark_useful(s.body, useful)
+            changed |= _mark_useful(s.body, useful, pairs)
         elif isinstance(s, IfElse):
             for a, b, out in zip(s.then.results, s.orelse.results, s.outs):
                 if out.id in useful:
                     changed |= _mark(useful, _ids([a, b]))
-            changed |= _mark_useful(s.then, useful) | _mark_useful(s.orelse, useful)
+            changed |= _mark_useful(s.then, useful, pairs) | _mark_useful(s.orelse, useful, pairs)
     return changed
 
 
 # ---- the transformation ---------------------------------------------------------------------
-
-def _defined_in(block: Block) -> set[int]:
-    """Ids a block defines itself (not those of blocks nested in it)."""
-    ids = {v.id for v in block.params}
-    for s in block.eqns:
-        ids |= {v.id for v in s.outs}
-    return ids
-
-
-def _used_in(block: Block) -> list[Var]:
-    """Vars read anywhere in a block and its nested blocks, in first-use order."""
-    seen: dict[int, Var] = {}
-
-    def note(atoms):
-        for a in atoms:
-            if isinstance(a, Var):
-                seen.setdefault(a.id, a)
-
-    stack = [block]
-    while stack:
-        b = stack.pop()
-        for s in b.eqns:
-            if isinstance(s, Eqn):
-                note(s.ins)
-            elif isinstance(s, ForLoop):
-                note([s.lo, s.hi, *s.inits])
-            elif isinstance(s, WhileLoop):
-                note(s.inits)
-            else:
-                note([s.cond])
-            stack.extend(blocks_of(s))
-        note(b.results)
-    return list(seen.values())
-
-
-def _defined_anywhere(block: Block) -> set[int]:
-    ids = _defined_in(block)
-    for s in walk(block):
-        for inner in blocks_of(s):
-            ids |= _defined_in(inner)
-    return ids
-
 
 @dataclass
 class _Context:
@@ -155,12 +155,6 @@ class _Context:
     needed: list[Var] = field(default_factory=list)  # primal vars, in push order
     prologue: list[Eqn] = field(default_factory=list)  # cheap primal values recomputed here
 
-    def start(self, loc) -> tuple[Eqn, ...]:
-        """The reverse block's first statements: pop what the forward block pushed (in reverse
-        order), then recompute the cheap values."""
-        pops = tuple(Eqn((self.popped[v.id],), "pop", (), (), loc) for v in reversed(self.needed))
-        return pops + tuple(self.prologue)
-
 
 # Scalar ops cheaper to redo in the reverse sweep than to tape (when their inputs are at hand).
 _RECOMPUTE = {"add", "sub", "mul", "neg", "to_float"}
@@ -168,22 +162,39 @@ _RECOMPUTE = {"add", "sub", "mul", "neg", "to_float"}
 
 class _Reverse:
     def __init__(self, program: Program):
+        if program.prelude or program.sums:
+            raise ValueError("reverse_ad takes a program before the kernel passes (no prelude, no sums)")
         self.program = program
         self.active = activity(program)
-        self.next_id = max(_defined_anywhere(program.body) | {0}) + 1
+        self.pairs = _TapePairs.of(program.body)
+        used_tapes = [dict(e.params)["tape"] for e in walk(program.body)
+                      if isinstance(e, Eqn) and e.op in ("push", "pop", "seal", "sweep")]
+        self.tape = max(used_tapes, default=-1) + 1  # this level's tape: values the sweep reads
+        self.next_tape_id = 0
+        self.cotangents: dict[tuple, int] = {}  # (tape, id) of a primal pop -> id of its adjoint's push
+        self.next_id = max(defined_anywhere(program.body) | {0}) + 1
         self.adj: dict[int, Atom] = {}
         self.stmts: list[Stmt] = []
         self.contexts: list[_Context] = []
-        self.pushes: dict[int, list[Var]] = {}  # id(forward block) -> vars it pushes at its end
+        self.pushes: dict[int, list[tuple[Var, int]]] = {}  # id(forward block) -> (var, tape id) pushed at its end
         self.trips: dict[int, Var] = {}  # id(while statement) -> its trip count
         self.definitions = {e.outs[0].id: e for e in walk(program.body) if isinstance(e, Eqn) and e.outs}
         self.loc = None
+        self.results: list[Atom] = []
 
     # ---- building blocks used by the rules ----------------------------------------------
 
     def fresh(self, type_: Type, hint: str = "") -> Var:
         self.next_id += 1
         return Var(self.next_id, type_, hint)
+
+    def cotangent_tape(self, tape: int) -> int:
+        """The tape the adjoints of a primal tape's popped values go on."""
+        return self.tape + 1 + tape
+
+    def tape_params(self, tape: int) -> tuple:
+        self.next_tape_id += 1
+        return (("id", self.next_tape_id), ("tape", tape))
 
     def op(self, name: str, *ins: Atom, **params) -> Atom:
         out_type = result_type(name, [a.type for a in ins], params)
@@ -236,6 +247,14 @@ class _Reverse:
         ctx.needed.append(a)
         return ctx.popped[a.id]
 
+    def start(self, ctx: _Context, block: Block, loc) -> tuple[Eqn, ...]:
+        """The reverse block's first statements: pop what the forward block pushed (in reverse
+        order), then recompute the cheap values. Records the pushes for the forward pass."""
+        pushed = [(v, self.tape_params(self.tape)) for v in ctx.needed]
+        self.pushes[id(block)] = pushed
+        pops = tuple(Eqn((ctx.popped[v.id],), "pop", params, (), loc) for v, params in reversed(pushed))
+        return pops + tuple(ctx.prologue)
+
     def zero(self, t: Type) -> Atom:
         return self.op("zeros", shape=t.shape) if t.shape else Lit(0.0, F64)
 
@@ -273,21 +292,17 @@ class _Reverse:
     def build(self) -> Program:
         prog = self.program
         body = prog.body
-        top = _Context(_defined_in(body), top_level=True)
+        top = _Context(defined_in(body), top_level=True)
         self.contexts.append(top)
         reverse = self.region(lambda: self.reverse_top(body))
         self.contexts.pop()
         forward = self.forward(body)
-        params = body.params[len(prog.data):]
-        grads = []
         self.stmts = []
-        for v in params:
-            grads.append(self.adjoint_or_zero(v, v.type))
+        grads = [self.adjoint_or_zero(v, v.type) for v in prog.param_vars]
         tail = tuple(self.stmts)
-        eqns = forward.eqns + reverse + tail
-        block = Block(body.params, eqns, (body.results[0], *grads))
-        adjoint = replace(prog, outputs=(), body=block, grads=tuple(p.name for p in prog.params))
-        return eliminate_dead_code(adjoint)
+        sweep = Eqn((), "sweep", (("tape", self.tape),), (), None)
+        block = Block(body.params, forward.eqns + (sweep,) + reverse + tail, (body.results[0], *grads))
+        return replace(prog, outputs=(), body=block, grads=tuple(p.name for p in prog.params))
 
     def region(self, fn) -> tuple[Stmt, ...]:
         saved, self.stmts = self.stmts, []
@@ -310,26 +325,63 @@ class _Reverse:
             self.reverse_if(s)
 
     def reverse_eqn(self, e: Eqn) -> None:
-        if e.op in NONDIFFERENTIABLE or not e.outs:
+        if e.op == "pop":
+            self.reverse_pop(e)
+            return
+        if e.op == "push":
+            self.reverse_push(e)
+            return
+        if e.op == "seal":  # the primal tape's pops are reversed (they came after): seal their adjoints
+            tape = dict(e.params)["tape"]
+            if any(key[0] == tape for key in self.cotangents):
+                self.stmts.append(Eqn((), "seal", (("tape", self.cotangent_tape(tape)),), (), e.loc))
+            return
+        if not _differentiable(e) or not e.outs:
             return
         ct = self.adjoint(e.outs[0])
         if ct is None or e.outs[0].id not in self.active:
             return
-        if e.op not in RULES:
+        prim = REGISTRY[e.op]
+        if prim.vjp is None:
             raise MissingRule(e.op)
-        thunks = RULES[e.op](self, e, ct)
+        thunks = prim.vjp(self, e, ct)
         for x, thunk in zip(e.ins, thunks):
             if thunk is not None and isinstance(x, Var) and x.id in self.active:
                 self.accumulate(x, thunk())
+
+    def reverse_pop(self, e: Eqn) -> None:
+        """y = pop: y's adjoint goes onto the cotangent tape, for the reverse of its push."""
+        y = e.outs[0]
+        ct = self.adjoint(y)
+        if ct is None or y.id not in self.active:
+            return
+        params = self.tape_params(self.cotangent_tape(tape_key(e)[0]))
+        self.cotangents[tape_key(e)] = dict(params)["id"]
+        self.stmts.append(Eqn((), "push", params, (ct,), self.loc))
+
+    def reverse_push(self, e: Eqn) -> None:
+        """push x: x's adjoint gains what its pop's adjoint was (taken back off the cotangent tape)."""
+        x = e.ins[0]
+        cid = self.cotangents.get(tape_key(e))
+        if cid is None or not isinstance(x, Var) or x.id not in self.active:
+            return
+        got = self.fresh(x.type, "b_" + x.hint if x.hint else "")
+        tape = self.cotangent_tape(tape_key(e)[0])
+        self.stmts.append(Eqn((got,), "pop", (("id", cid), ("tape", tape)), (), self.loc))
+        self.accumulate(x, got)
+
+    def pending_pushes(self, blocks: list[Block]) -> bool:
+        """Whether these blocks push values whose pops' adjoints are on the cotangent tape."""
+        return any(e.op == "push" and tape_key(e) in self.cotangents for b in blocks for e in tape_ops(b))
 
     def free_adjoints(self, blocks: list[Block]) -> list[Var]:
         """Active values defined outside these blocks that they read: their adjoints flow through."""
         inside: set[int] = set()
         for b in blocks:
-            inside |= _defined_anywhere(b)
+            inside |= defined_anywhere(b)
         free = []
         for b in blocks:
-            for v in _used_in(b):
+            for v in vars_read(b):
                 if v.id in self.active and v.id not in inside and v not in free:
                     free.append(v)
         return free
@@ -337,8 +389,8 @@ class _Reverse:
     def reverse_loop(self, s: ForLoop | WhileLoop) -> None:
         slots = [(init, param, result, out) for init, param, result, out in _carried_slots(s)
                  if param.id in self.active or out.id in self.active]
-        if not any(self.adjoint(out) is not None for _, _, _, out in slots):
-            return  # no adjoint reaches this loop's results
+        if not any(self.adjoint(out) is not None for _, _, _, out in slots) and not self.pending_pushes([s.body]):
+            return  # no adjoint reaches this loop's results, nor its pushes
         free = self.free_adjoints([s.body])
         if isinstance(s, ForLoop):
             lo, hi = self.p(s.lo), self.p(s.hi)
@@ -354,7 +406,7 @@ class _Reverse:
         saved = {f.id: self.adj.get(f.id) for f in free}
         for f, bf in zip(free, b_free):
             self.adj[f.id] = bf
-        ctx = _Context(_defined_in(s.body), is_loop=True)
+        ctx = _Context(defined_in(s.body), is_loop=True)
         self.contexts.append(ctx)
 
         def body():
@@ -369,8 +421,7 @@ class _Reverse:
         eqns = self.region(body)
         self.contexts.pop()
         results = self.results
-        self.pushes[id(s.body)] = ctx.needed
-        block = Block((k, *b_yields, *b_free), ctx.start(s.loc) + eqns, tuple(results))
+        block = Block((k, *b_yields, *b_free), self.start(ctx, s.body, s.loc) + eqns, tuple(results))
         outs = tuple(self.fresh(a.type, a.hint if isinstance(a, Var) else "") for a in results)  # a result may be a literal 0.0
         for f in free:
             self.adj[f.id] = saved[f.id]
@@ -383,7 +434,7 @@ class _Reverse:
     def reverse_if(self, s: IfElse) -> None:
         slots = [(a, b, out) for a, b, out in zip(s.then.results, s.orelse.results, s.outs)
                  if out.id in self.active and self.adjoint(out) is not None]
-        if not slots:
+        if not slots and not self.pending_pushes([s.then, s.orelse]):
             return
         cond = self.p(s.cond)
         free = self.free_adjoints([s.then, s.orelse])
@@ -391,7 +442,7 @@ class _Reverse:
         branches = []
         for index, block in enumerate((s.then, s.orelse)):
             saved = dict(self.adj)
-            ctx = _Context(_defined_in(block))
+            ctx = _Context(defined_in(block))
             self.contexts.append(ctx)
 
             def body():
@@ -404,8 +455,7 @@ class _Reverse:
 
             eqns = self.region(body)
             self.contexts.pop()
-            self.pushes[id(block)] = ctx.needed
-            branches.append(Block((), ctx.start(s.loc) + eqns, tuple(self.results)))
+            branches.append(Block((), self.start(ctx, block, s.loc) + eqns, tuple(self.results)))
             self.adj = saved
         outs = tuple(self.fresh(f.type, "b_" + f.hint if f.hint else "") for f in free)
         self.stmts.append(IfElse(outs, cond, branches[0], branches[1], s.loc))
@@ -417,16 +467,16 @@ class _Reverse:
     def forward(self, block: Block, nested: bool = False) -> Block:
         eqns: list[Stmt] = []
         for s in block.eqns:
-            if isinstance(s, Eqn):
-                eqns.append(s)
+            if isinstance(s, Eqn):  # a previous level's sweep is only a seal of its tape here
+                eqns.append(replace(s, op="seal") if s.op == "sweep" else s)
             elif isinstance(s, ForLoop):
                 eqns.append(replace(s, body=self.forward(s.body, True)))
             elif isinstance(s, IfElse):
                 eqns.append(replace(s, then=self.forward(s.then, True), orelse=self.forward(s.orelse, True)))
             else:
                 eqns.append(self.counted_while(s))
-        for v in self.pushes.get(id(block), []) if nested else []:
-            eqns.append(Eqn((), "push", (), (v,), None))
+        for v, params in self.pushes.get(id(block), []) if nested else []:
+            eqns.append(Eqn((), "push", params, (v,), None))
         return Block(block.params, tuple(eqns), block.results)
 
     def counted_while(self, s: WhileLoop) -> WhileLoop:

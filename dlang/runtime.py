@@ -63,13 +63,21 @@ def clamp(x, lo, hi):
 
 
 @njit(**_FLAGS)
-def mask_ge(a, b):
-    return 1.0 if a >= b else 0.0
+def mask_gt(a, b):
+    return 1.0 if a > b else 0.0
 
 
 @njit(**_FLAGS)
-def mask_gt(a, b):
-    return 1.0 if a > b else 0.0
+def lt_weight(a, b):
+    """min's share of the derivative for its first operand: ties split evenly."""
+    if a < b:
+        return 1.0
+    return 0.5 if a == b else 0.0
+
+
+@njit(**_FLAGS)
+def div_or_zero(a, b):
+    return a / b if b != 0.0 else 0.0
 
 
 @njit(**_FLAGS)
@@ -107,29 +115,30 @@ def grown(tape, need):
 
 
 @njit(**_FLAGS)
-def _asin(v):
+def asin(v):
     return math.asin(v) if -1.0 <= v <= 1.0 else math.nan
 
 
 @njit(**_FLAGS)
-def _acos(v):
+def acos(v):
     return math.acos(v) if -1.0 <= v <= 1.0 else math.nan
 
 
 @njit(**_FLAGS)
-def _log(v):
+def log(v):
     if v > 0.0:
         return math.log(v)
     return -math.inf if v == 0.0 else math.nan
 
 
 @njit(**_FLAGS)
-def _log1p(v):
+def log1p(v):
     if v > -1.0:
         return math.log1p(v)
     return -math.inf if v == -1.0 else math.nan
 
 
 @njit(**_FLAGS)
-def _sqrt(v):
+def sqrt(v):
     return math.sqrt(v) if v >= 0.0 else math.nan
+

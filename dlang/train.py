@@ -127,9 +127,12 @@ class _NonFinite(Exception):
 class Trainer:
     """Fits params; `run` reports each epoch to on_epoch and checks should_stop between batches."""
 
-    def __init__(self, kernels: Kernels, data: np.ndarray, params: dict, options: TrainOptions):
+    def __init__(self, kernels: Kernels, data: np.ndarray, params: dict, options: TrainOptions,
+                 row_labels: np.ndarray | None = None):
         self.kernels = kernels
         self.data = data
+        # the row numbers a user sees (the file's), for faults: a batch's rows keep theirs
+        self.row_labels = np.arange(1, data.shape[0] + 1) if row_labels is None else np.asarray(row_labels)
         self.rows = data.shape[0]
         self.options = options.resolved(self.rows)
         self.flat = _Flat(params)
@@ -142,8 +145,8 @@ class Trainer:
     # ---- evaluation ------------------------------------------------------------------------
 
     def loss_and_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-        data = self.data if rows is None else self.data[rows]
-        loss, grads = self.kernels.grad(data, self.flat.unpack(x))
+        data, labels = (self.data, self.row_labels) if rows is None else (self.data[rows], self.row_labels[rows])
+        loss, grads = self.kernels.grad(data, self.flat.unpack(x), labels)
         g = self.flat.pack(grads)
         if not math.isfinite(loss) or not np.all(np.isfinite(g)):
             names = self.flat.non_finite(g) or self.flat.names
@@ -152,7 +155,7 @@ class Trainer:
         return loss, g
 
     def full_loss(self, x: np.ndarray) -> float:
-        return self.kernels.loss(self.data, self.flat.unpack(x))
+        return self.kernels.loss(self.data, self.flat.unpack(x), self.row_labels)
 
     def note(self, epoch: int, x: np.ndarray, loss: float, grad_norm: float, rows: int, seconds: float,
              on_epoch) -> Epoch:

@@ -86,7 +86,7 @@ def test_help_lists_the_commands(run_cli):
 def test_a_real_process_flushes_all_its_output_before_its_fast_exit(run_cli):
     """The `dlang` command ends with os._exit (skipping a slow interpreter teardown): what it
     printed must all be there, the same as in-process."""
-    program = str(PROGRAMS / "mlp.dl")
+    program = str(PROGRAMS / "builtins_tour.dl")
     inproc = run_cli("emit", program, "--stage", "kernel")
     r = _run_dlang("emit", program, "--stage", "kernel")
     assert r.returncode == 0 and inproc.code == 0

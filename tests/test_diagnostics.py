@@ -610,6 +610,84 @@ def test_long_flat_sum_checks_clean(run_cli, write_program):
     assert program_loss(load_program(str(path)), None) == 5001.0
 
 
+# A flat chain is left-deep in the AST; the checker, the const evaluator and the AST dump fold
+# it in a loop, so its length is not limited by the recursion limit.
+@pytest.mark.parametrize("chain, expected", [
+    ("p" + " + p" * 29_999, 15_000.0),
+    ("1.0" + " + p - 0.25" * 15_000, 3_751.0),
+    ("1.0" + " * 3.0 / p / 6.0" * 10_000, 1.0),
+], ids=["sum", "add_sub", "mul_div"])
+def test_30k_term_flat_chain_checks_and_computes(run_cli, write_program, chain, expected):
+    path = write_program(f"param p = 0.5\nx = {chain}\nloss x\n")
+    r = run_cli("check", path)
+    assert r.code == 0, r.err
+    assert math.isclose(program_loss(load_program(str(path)), None), expected, rel_tol=1e-12)
+
+
+def test_30k_term_flat_sum_emits_ast_and_ir(run_cli, write_program):
+    path = write_program("param p = 0.5\nx = p" + " + p" * 29_999 + "\nloss x\n")
+    ast = run_cli("emit", path, "--stage", "ast")
+    assert ast.code == 0, ast.err
+    assert "(= x " + "(+ " * 29_999 + "p p) p)" in ast.out
+    ir_text = run_cli("emit", path, "--stage", "ir")
+    assert ir_text.code == 0, ir_text.err
+    assert ir_text.out.count(" = add ") == 29_999
+
+
+def test_30k_term_const_sum(run_cli, write_program):
+    path = write_program("const c = 1" + " + 1" * 29_999 + "\nloss c * 1.0\n")
+    assert run_cli("check", path).code == 0
+    assert program_loss(load_program(str(path)), None) == 30_000.0
+
+
+def test_long_const_chain_still_checks_int_overflow_at_each_step(run_cli, write_program):
+    path = write_program("const c = 9223372036854775807" + " + 1 - 1" * 15_000 + "\nloss c * 1.0\n")
+    d = expect_error(run_cli, path, 1, 11, ["int arithmetic overflows", "9223372036854775808"])
+    assert d.caret_width == len("9223372036854775807 + 1")
+
+
+SHORT_CHAINS = """\
+param a = 0.5
+param b = 1.5
+param c = 2.0
+param d = 3.0
+param m[2, 2] = 0.5
+param v[2] = 1.0
+x = a + b - c + d
+y = 1 + 2 * 3 - a / b * c
+w = m @ m @ v
+loss x + y + w[0]
+"""
+
+
+def test_short_chains_lower_to_the_same_ir_as_before(run_cli, write_program):
+    """The IR the recursive checker gave: same equations, order, locations and names."""
+    r = run_cli("emit", write_program(SHORT_CHAINS), "--stage", "ir")
+    assert r.code == 0, r.err
+    assert r.out == """\
+param a: f64 = 0.5
+param b: f64 = 1.5
+param c: f64 = 2.0
+param d: f64 = 3.0
+param m: f64[2,2] = 0.5
+param v: f64[2] = 1.0
+body(%a: f64, %b: f64, %c: f64, %d: f64, %m: f64[2,2], %v: f64[2]) {
+  %1: f64 = add %a %b  @7:5
+  %2: f64 = sub %1 %c  @7:5
+  %x: f64 = add %2 %d  @7:5
+  %3: f64 = div %a %b  @8:17
+  %4: f64 = mul %3 %c  @8:17
+  %y: f64 = sub 7.0 %4  @8:5
+  %5: f64[2,2] = matmul %m %m  @9:5
+  %w: f64[2] = matmul %5 %v  @9:5
+  %6: f64 = add %x %y  @10:6
+  %7: f64 = index %w 0  @10:14
+  %8: f64 = add %6 %7  @10:6
+  return %8
+}
+"""
+
+
 # ---- 4. Python keywords and common Python names are ordinary dlang names ---------------------
 
 PYTHON_NAMES_PROGRAM = """\

@@ -1039,7 +1039,7 @@ def test_generated_programs_interpreted_gradient_matches_finite_differences(g):
 @fuzz_settings(4, cap=KERNEL_EXAMPLES_CAP)
 @given(well_typed_programs(smooth=True))
 def test_generated_programs_compiled_kernels_match_interpreter_and_finite_differences(g):
-    from dlang.kernels import compile_kernels
+    from dlang.pipeline import compile_kernels
     from test_ad import assert_grads_close, richardson_fd
 
     s = setup(g)
@@ -1102,9 +1102,11 @@ def test_layout_does_not_change_a_generated_program(g, seed):
 def test_the_gradient_check_catches_a_wrong_derivative_rule(monkeypatch, op, wrong):
     """The harness has teeth: with one derivative rule swapped for another's, some of the first
     generated programs fail the check (and none fails with the real rules: the test above)."""
-    from dlang import adjoints
+    from dataclasses import replace
 
-    monkeypatch.setitem(adjoints.RULES, op, adjoints.RULES[wrong])
+    from dlang.prims import REGISTRY
+
+    monkeypatch.setitem(REGISTRY, op, replace(REGISTRY[op], vjp=REGISTRY[wrong].vjp))
     for seed in range(200):
         g = generate_program(Chooser(rng=random.Random(seed)), seed=seed % 4)
         try:

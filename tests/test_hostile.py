@@ -31,7 +31,7 @@ from conftest import ROOT
 from dlang import kernels as kmod
 from dlang.data import load_data
 from dlang.frontend import compile_source, load_program
-from dlang.kernels import compile_kernels
+from dlang.pipeline import compile_kernels
 from dlang.params import load_params
 
 LOCATED = re.compile(r"^(?P<path>[^\n]*?):(?P<line>\d+):(?P<col>\d+): error: (?P<msg>.*)$", re.M)
@@ -141,7 +141,7 @@ def test_python_names_compile_to_mangled_kernels_with_the_right_gradient(run_cli
     assert r.out in [p.read_text() for p in cached.glob("k_*.py")]  # the file that ran is the one shown
     for name in ("__import__", "lambda", "print", "exec", "eval", "compile", "globals"):
         assert not re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", r.out), name  # mangled, or gone
-    assert re.search(r"^def dl_grad_rows\(dl_data, v___import__, v_lambda, v_dl_rt, v_dl_rt_1, v_print, v_True,",
+    assert re.search(r"^def dl_grad\(dl_data, dl_lo, dl_hi, v___import__, v_lambda, v_dl_rt, v_dl_rt_1, v_print, v_True,",
                      r.out, re.M)
 
 
@@ -384,7 +384,7 @@ class Lin:
         assert losses.tolist() == [(0.5 + 0.25 - 2) ** 2, (1.5 + 0.25 - 4) ** 2]
         loss, grads = k.grad(self.data, self.params)
         assert (loss, grads) == (LIN_LOSS, LIN_GRAD)
-        stats = [k.module.dl_forward_rows.stats, k.module.dl_grad_rows.stats]
+        stats = [k.module.dl_forward.stats, k.module.dl_grad.stats]
         return sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats)
 
 
@@ -474,7 +474,7 @@ def test_damaged_source_file_is_rewritten(cache, how):
 @pytest.mark.parametrize("how", DAMAGE)
 def test_damaged_numba_cache_file_is_detected_and_rebuilt(cache, kind, how):
     lin, kdir = cache
-    (target,) = _files(kdir, lin.key, f"dl_grad_rows-*.{kind}")
+    (target,) = _files(kdir, lin.key, f"dl_grad-*.{kind}")
     DAMAGE[how](target)
     assert lin.run(lin.load()) == (1, 1)  # the forward from the cache; the gradient compiled again
     assert_healthy(lin, kdir)
@@ -484,8 +484,8 @@ def test_data_file_of_another_function_is_not_loaded(cache):
     """An index naming a data file that holds another function's code (files swapped, or two
     processes numbering their files alike): the code is not run as this function."""
     lin, kdir = cache
-    (fwd,) = _files(kdir, lin.key, "dl_forward_rows-*.nbc")
-    (grad,) = _files(kdir, lin.key, "dl_grad_rows-*.nbc")
+    (fwd,) = _files(kdir, lin.key, "dl_forward-*.nbc")
+    (grad,) = _files(kdir, lin.key, "dl_grad-*.nbc")
     shutil.copyfile(fwd, grad)
     assert lin.run(lin.load()) == (1, 1)
     assert_healthy(lin, kdir)
@@ -500,7 +500,7 @@ def test_stale_pyc_beside_the_source_is_never_run(cache):
     lin, kdir = cache
     path = kdir / f"{lin.key}.py"
     st = path.stat()
-    code = compile(path.read_text() + "\ndef dl_grad_rows(*args):\n    raise RuntimeError('stale pyc')\n",
+    code = compile(path.read_text() + "\ndef dl_grad(*args):\n    raise RuntimeError('stale pyc')\n",
                    str(path), "exec")
     pyc = Path(importlib.util.cache_from_source(str(path)))
     pyc.write_bytes(bytes(bx._code_to_timestamp_pyc(code, int(st.st_mtime), st.st_size)))
@@ -565,14 +565,27 @@ def _fallback_in(tmp_path, monkeypatch) -> Path:
 
 
 def _check_fallback(lin: Lin, capsys, unusable: Path, expected_dir: Path | None) -> Path:
-    k = lin.load()
+    """The library warns (a DlangWarning, never a print) once; the CLI shows it as one line."""
+    import warnings
+
+    from dlang.cli import _show_warning
+    from dlang.errors import DlangWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        k = lin.load()
     assert lin.run(k) == (0, 2)
+    assert capsys.readouterr().err == "", "library code never prints"
+    assert [w.category for w in caught] == [DlangWarning], caught
+    _show_warning(caught[0].message, caught[0].category, caught[0].filename, caught[0].lineno)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"dlang: warning: cannot write the kernel cache {unusable}"), err
     if expected_dir is not None:
         assert k.path.parent == expected_dir
-    assert lin.run(lin.load()) == (2, 0), "the fallback directory caches too"
-    assert capsys.readouterr().err == "", "the warning is given once"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert lin.run(lin.load()) == (2, 0), "the fallback directory caches too"
+    assert caught == [], "the warning is given once"
     return k.path.parent
 
 
@@ -702,10 +715,10 @@ def test_two_processes_compile_the_same_new_program_at_once(tmp_path):
         mp.setenv("DLANG_CACHE_DIR", str(cache))
         program = load_program(str(prog))
         data, params = load_data(program, str(csv)), load_params(program, None)
-        sys.modules.pop(kmod.compile_kernels(program).module.__name__)
+        sys.modules.pop(compile_kernels(program).module.__name__)
         k = compile_kernels(program)
         assert k.grad(data, params)[0] == pytest.approx(expected["loss"], rel=1e-15)
         k.loss(data, params)
-        stats = [k.module.dl_forward_rows.stats, k.module.dl_grad_rows.stats]
+        stats = [k.module.dl_forward.stats, k.module.dl_grad.stats]
         assert [sum(s.cache_misses.values()) for s in stats] == [0, 0]
         assert [sum(s.cache_hits.values()) for s in stats] == [1, 1]

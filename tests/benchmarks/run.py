@@ -39,7 +39,7 @@ import numba  # noqa: E402
 
 import handwritten as hw  # noqa: E402
 from dlang.commands import prepare  # noqa: E402
-from dlang.kernels import PARALLEL_MIN_ROWS  # noqa: E402
+from dlang.abi import PARALLEL_MIN_ROWS  # noqa: E402
 
 AGREE_RTOL = 1e-9          # hand-written vs dlang: loss and every gradient element
 FRAMEWORK_RTOL = 1e-6      # JAX / PyTorch vs dlang: reported, not enforced
@@ -492,7 +492,7 @@ def run_one(b: Bench, directory: str, repeat: int, max_threads: int, log) -> tup
     serial = median_ms({"dlang_fwd": dlang_fwd, "dlang_grad": dlang_grad,
                         "hand_fwd": lambda: b.hand_forward(data, *args),
                         "hand_grad": lambda: b.hand_grad(data, *args)}, repeat)
-    tape = p.kernels.tape_bytes_per_row
+    tape = p.kernels.gradient(data, p.params).tape_bytes_per_row
     # 3. dlang with all threads (the same kernels below PARALLEL_MIN_ROWS rows: 1 thread is used)
     numba.set_num_threads(max_threads)
     full = median_ms({"dlang_fwd": dlang_fwd, "dlang_grad": dlang_grad}, repeat)
