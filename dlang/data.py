@@ -274,3 +274,19 @@ def _drop_bad_rows(path: str, header: list[str], cols: list[int], body: list[lis
                            f"(--drop-bad-rows); the first: {first}")
     return DataFile(np.array(kept, dtype=np.float64).reshape(len(kept), len(cols)), len(problems), len(body), first,
                     numbers if problems else None)
+
+
+def read_rows(prog: Program, csv_path: str) -> list[dict[str, float | np.ndarray]]:
+    """The data values of every CSV row, by data name (vectors as 1-D arrays), read and
+    checked by dlang.data like every command's data."""
+    matrix = load_data(prog, csv_path)
+    rows = []
+    for line in matrix:
+        row: dict[str, float | np.ndarray] = {}
+        col = 0
+        for d in prog.data:
+            width = d.type.shape[0] if d.type.shape else 1
+            row[d.name] = line[col:col + width].copy() if d.type.shape else float(line[col])
+            col += width
+        rows.append(row)
+    return rows

@@ -13,25 +13,7 @@ from .errors import Diagnostic, RuntimeFault, span_at
 from .ir import DEFAULT_MAX_ITERATIONS, Atom, Block, Eqn, ForLoop, Lit, Program, WhileLoop, initial_params
 from .prims import IndexOutOfRange, evaluate
 
-__all__ = ["initial_params", "read_rows", "run_body", "run_row", "grad_row", "program_loss", "first_non_finite"]
-
-
-def read_rows(prog: Program, csv_path: str) -> list[dict[str, float | np.ndarray]]:
-    """The data values of every CSV row, by data name (vectors as 1-D arrays), read and
-    checked by dlang.data like every command's data."""
-    from .data import load_data
-
-    matrix = load_data(prog, csv_path)
-    rows = []
-    for line in matrix:
-        row: dict[str, float | np.ndarray] = {}
-        col = 0
-        for d in prog.data:
-            width = d.type.shape[0] if d.type.shape else 1
-            row[d.name] = line[col:col + width].copy() if d.type.shape else float(line[col])
-            col += width
-        rows.append(row)
-    return rows
+__all__ = ["initial_params", "run_body", "run_row", "grad_row", "program_loss", "first_non_finite"]
 
 
 def run_body(prog: Program, row: dict, params: dict, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> list:

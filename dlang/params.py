@@ -10,8 +10,7 @@ import tempfile
 import numpy as np
 
 from .errors import Diagnostic, InputError, Span
-from .interp import initial_params
-from .ir import Program
+from .ir import Program, initial_params
 
 
 def _error(path: str, message: str, span: Span | None = None, source: str | None = None) -> InputError:

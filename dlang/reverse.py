@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from .ir import (F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Stmt, Type, Var, WhileLoop,
+from .ir import (F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, ParamInput, Program, Stmt, Type, Var, WhileLoop,
                  defined_anywhere, defined_in, renumber, tape_ops, vars_read, walk)
 from .prims import REGISTRY, AddAt, MissingRule, evaluate, result_type
 
@@ -331,7 +331,7 @@ class _Reverse:
         if e.op == "push":
             self.reverse_push(e)
             return
-        if e.op == "seal":  # the primal tape's pops are reversed (they came after): seal their adjoints
+        if e.op in ("seal", "sweep"):  # the primal tape's pops are reversed (they came after): seal their adjoints
             tape = dict(e.params)["tape"]
             if any(key[0] == tape for key in self.cotangents):
                 self.stmts.append(Eqn((), "seal", (("tape", self.cotangent_tape(tape)),), (), e.loc))
@@ -489,3 +489,40 @@ class _Reverse:
         step = Eqn((count_next,), "add", (), (count_b, Lit(1, I64)), s.loc)
         body = Block(body.params + (count_b,), body.eqns + (step,), body.results + (count_next,))
         return WhileLoop(s.outs + (trips,), s.inits + (Lit(0, I64),), cond, body, s.loc)
+
+
+def gradient_dot_program(program: Program) -> Program:
+    """A program to differentiate a gradient with: the params of `program`, then one direction
+    param per param (named dir_NAME, of its shape), and as loss the gradient of `program`'s
+    loss dotted with the directions. Its gradient with respect to the first params is the
+    Hessian times the directions (reverse over reverse), with respect to the directions the
+    gradient itself."""
+    adjoint = reverse_ad(program)
+    taken = {p.name for p in program.params} | {d.name for d in program.data}
+    next_id = max(defined_anywhere(adjoint.body)) + 1
+    directions, inputs = [], []
+    for p in program.params:
+        name = "dir_" + p.name
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        directions.append(Var(next_id, p.type, name))
+        inputs.append(ParamInput(name, p.type, ("value", 0.0)))
+        next_id += 1
+    eqns = list(adjoint.body.eqns)
+    total: Atom = Lit(0.0, F64)
+    for g, v in zip(adjoint.body.results[1:], directions):
+        term = Var(next_id, v.type)
+        eqns.append(Eqn((term,), "mul", (), (g, v), None))
+        next_id += 1
+        if v.type.shape:
+            summed = Var(next_id, F64)
+            eqns.append(Eqn((summed,), "sum", (), (term,), None))
+            next_id += 1
+            term = summed
+        new = Var(next_id, F64, "gradient_dot")
+        eqns.append(Eqn((new,), "add", (), (total, term), None))
+        next_id += 1
+        total = new
+    body = Block(adjoint.body.params + tuple(directions), tuple(eqns), (total,))
+    return renumber(replace(adjoint, params=adjoint.params + tuple(inputs), body=body, grads=()))

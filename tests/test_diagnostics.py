@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from dlang.frontend import load_program
-from dlang.interp import program_loss, read_rows
+from dlang.interp import program_loss
+from dlang.data import read_rows
 
 
 # ---- reading diagnostics back ----------------------------------------------------------------

@@ -1057,6 +1057,35 @@ def test_generated_programs_compiled_kernels_match_interpreter_and_finite_differ
     assert_grads_close(grads, fd, rel=RTOL, what="compiled kernels")
 
 
+@fuzz_settings(6, cap=KERNEL_EXAMPLES_CAP)
+@given(well_typed_programs())
+def test_generated_programs_parallel_kernels_equal_serial_ones_bit_for_bit(g):
+    """The chunked path (the switch lowered to 2 rows) gives the same bits with 1 and 2 threads,
+    and the one-call serial path's result up to summation order."""
+    import numba
+
+    from dlang.abi import PARALLEL_ENV
+    from dlang.pipeline import compile_kernels
+    from test_parallel import assert_bitwise, run_both
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one CPU")
+    s = setup(g)
+    kernels = compile_kernels(s.prog)
+    data = data_matrix(s.prog, s.rows)
+    if s.prog.data:
+        data = np.concatenate([data] * 30)  # rows in every chunk, some chunks with more
+    with pytest.MonkeyPatch.context() as mp:
+        one, two = run_both(kernels, data, s.params, mp)
+        assert_bitwise(one, two, g.source)
+        mp.setenv(PARALLEL_ENV, str(10**9))
+        loss, grads = kernels.grad(data, s.params)
+    assert one[0][0] == pytest.approx(loss, rel=1e-11, abs=1e-12)
+    for k in grads:
+        scale = max(1.0, float(np.max(np.abs(grads[k]))))
+        np.testing.assert_allclose(one[0][1][k], grads[k], rtol=1e-9, atol=1e-11 * scale, err_msg=k)
+
+
 def relayout(source: str, c: Chooser) -> str:
     """The same program laid out differently: indentation, blank and comment lines, trailing
     comments, `;` between statements, `else` on its own line, newlines inside parentheses and

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from dlang.frontend import load_program
-from dlang.interp import initial_params, program_loss, read_rows
+from dlang.interp import initial_params, program_loss
+from dlang.data import read_rows
 
 RTOL = 1e-12
 
