@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 
 from .errors import InputError
+from .ir import size
 
 FORWARD = "dl_forward"
 GRAD = "dl_grad"
@@ -76,7 +77,7 @@ def data_layout(program) -> list[tuple[int, int]]:
     """(first column, width) of each data input in the data matrix a kernel reads."""
     out, col = [], 0
     for d in program.data:
-        width = _size(d.type.shape)
+        width = size(d.type)
         out.append((col, width))
         col += width
     return out
@@ -88,14 +89,7 @@ def data_width(program) -> int:
 
 def output_width(program) -> int:
     """Columns of the outputs matrix: one per output value element."""
-    return sum(_size(r.type.shape) for r in program.body.results[1:1 + len(program.outputs)])
-
-
-def _size(shape) -> int:
-    n = 1
-    for k in shape:
-        n *= k
-    return n
+    return sum(size(r.type) for r in program.body.results[1:1 + len(program.outputs)])
 
 
 # ---- how much tape a row may use ----------------------------------------------------------------------

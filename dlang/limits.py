@@ -5,7 +5,7 @@ import os
 
 from .abi import TAPE_ENV, human_bytes, max_tape_bytes, memory_bytes  # noqa: F401 - the limits, with their checks here
 from .errors import Diagnostic, ProgramError, source_text, span_at
-from .ir import Block, Eqn, ForLoop, IfElse, Lit, Program, WhileLoop
+from .ir import Block, Eqn, ForLoop, IfElse, Lit, Program, WhileLoop, size
 
 
 def tape_bytes(adjoint: Program) -> tuple[int, object]:
@@ -55,10 +55,7 @@ def check_tape_fits(adjoint: Program, command: str) -> None:
 
 def value_bytes(t) -> int:
     """Bytes of one value of type t (8 per float or int)."""
-    n = 8
-    for k in t.shape:
-        n *= k
-    return n
+    return 8 * size(t)
 
 
 MAX_NESTING = 500  # loops and ifs nested in one another: more than any real program (the code

@@ -13,7 +13,7 @@ from .ir import (F64, Atom, Block, Eqn, ForLoop, GradSum, IfElse, Lit, Program, 
                  blocks_of, reads, renumber, walk, with_blocks)
 from .prims import REGISTRY
 
-_KEPT = {"push", "pop", "seal", "sweep"}  # the tape must balance; seals and the sweep mark points
+_KEPT = {p.name for p in REGISTRY.values() if p.structural}  # the tape must balance; seals mark points
 
 
 def eliminate_dead_code(program: Program) -> Program:

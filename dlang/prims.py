@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .ir import BOOL, F64, I64, Atom, Lit, Type
+from .ir import BOOL, F64, I64, Atom, Lit, Type, size
 
 
 class TypeRuleError(Exception):
@@ -290,24 +290,17 @@ def _flat(t: Type) -> str:
     return "[dl_i]" if len(t.shape) == 1 else ".flat[dl_i]"
 
 
-def _size(t: Type) -> int:
-    n = 1
-    for k in t.shape:
-        n *= k
-    return n
-
-
 def _lines_fill(dest, args, ins, out):
     value = args[0] if args else "0.0"
-    return [f"for dl_i in range({_size(out)}):", f"    {dest}{_flat(out)} = {value}"]
+    return [f"for dl_i in range({size(out)}):", f"    {dest}{_flat(out)} = {value}"]
 
 
 def _lines_reduce(mean: bool):
     def render(dest, args, ins, out):
         (t,) = ins
-        lines = [f"{dest} = 0.0", f"for dl_i in range({_size(t)}):", f"    {dest} += {args[0]}{_flat(t)}"]
+        lines = [f"{dest} = 0.0", f"for dl_i in range({size(t)}):", f"    {dest} += {args[0]}{_flat(t)}"]
         if mean:
-            lines.append(f"{dest} /= {float(_size(t))!r}")
+            lines.append(f"{dest} /= {float(size(t))!r}")
         return lines
 
     return render
@@ -362,7 +355,7 @@ def _lines_store(add: bool):
     def render(dest, args, ins, out):
         arr, value, *idx = args
         op = "+=" if add else "="
-        lines = [f"for dl_i in range({_size(out)}):", f"    {dest}{_flat(out)} = {arr}{_flat(out)}"]
+        lines = [f"for dl_i in range({size(out)}):", f"    {dest}{_flat(out)} = {arr}{_flat(out)}"]
         if not ins[1].shape:
             return lines + [f"{dest}[{', '.join(idx)}] {op} {value}"]
         return lines + [f"for dl_i in range({ins[1].shape[0]}):", f"    {dest}[{idx[0]}, dl_i] {op} {value}[dl_i]"]
@@ -489,7 +482,7 @@ def _vjp_sum(b, e, ct):
 
 def _vjp_mean(b, e, ct):
     t = e.ins[0].type
-    return [lambda: b.op("broadcast", b.op("div", ct, Lit(float(_size(t)), F64)), shape=t.shape)]
+    return [lambda: b.op("broadcast", b.op("div", ct, Lit(float(size(t)), F64)), shape=t.shape)]
 
 
 def _vjp_index(b, e, ct):
