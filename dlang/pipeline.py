@@ -130,5 +130,7 @@ def describe(name: str, result) -> str:
         return f"forward {count(result.forward)} statements, adjoint {count(result.adjoint)}"
     if isinstance(result, Program):
         return f"{count(result)} statements"
+    if hasattr(result, "items"):  # the syntax tree
+        return f"syntax tree of {len(result.items)} items"
     path = getattr(result, "path", None)
     return path.name if path is not None else type(result).__name__
