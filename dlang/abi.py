@@ -5,14 +5,17 @@ dlang.codegen writes the kernels to this convention and dlang.kernels calls them
 
 - FORWARD(data, lo, hi, *params, losses, outs) -> (fault, row): rows lo..hi-1 of `data`
   write their loss into losses[r] and their outputs into outs[r, :].
+- LOSS(data, lo, hi, *params, out) -> (fault, row): the sum of rows lo..hi-1's losses into
+  out[0] (the program without its outputs: what training and finite differences need).
 - GRAD(data, lo, hi, *params, sizes, out) -> (fault, row): rows lo..hi-1; `out` (GRAD_WIDTH
   floats) receives the sum of the rows' losses, the sum of their gradients (every param's
   elements, in declaration order, row-major) and the tape words the rows used; `sizes` (two
   ints per tape: float words, int words) holds the tape sizes to start with and receives those
   the rows ended with.
-- FORWARD_CHUNKS / GRAD_CHUNKS (parallel over chunks, prange) and GRAD_CHUNKS_SERIAL (the same
-  chunks in order on one thread): (data, nchunks, *params, ...per-chunk arrays..., faults)
-  call FORWARD or GRAD once per chunk, chunk c getting rows chunk_bounds(c, n, nchunks), each
+- FORWARD_CHUNKS, LOSS_CHUNKS, GRAD_CHUNKS (parallel over chunks, prange) and
+  LOSS_CHUNKS_SERIAL, GRAD_CHUNKS_SERIAL (the same chunks in order on one thread):
+  (data, nchunks, *params, ...per-chunk arrays..., faults) call FORWARD, LOSS or GRAD once per
+  chunk, chunk c getting rows chunk_bounds(c, n, nchunks), each
   with its own row of `sizes`, `out` and `faults`. The caller adds the chunks' sums in chunk
   order, so a gradient is the same, bit for bit, whatever the number of threads: the parallel
   path runs exactly the serial function on each chunk.
@@ -27,8 +30,11 @@ from .errors import InputError
 from .ir import size
 
 FORWARD = "dl_forward"
+LOSS = "dl_loss"
 GRAD = "dl_grad"
 FORWARD_CHUNKS = "dl_forward_chunks"
+LOSS_CHUNKS = "dl_loss_chunks"
+LOSS_CHUNKS_SERIAL = "dl_loss_chunks_serial"
 GRAD_CHUNKS = "dl_grad_chunks"
 GRAD_CHUNKS_SERIAL = "dl_grad_chunks_serial"
 
@@ -37,15 +43,30 @@ PARALLEL_MIN_ROWS = 2048  # from here on, the chunked kernels run (NUMBA_FACTS: 
 PARALLEL_ENV = "DLANG_PARALLEL_MIN_ROWS"  # thousand light rows a serial loop is as fast)
 
 
+PARALLEL_MIN_SECONDS = 0.001  # a call whose work is less than this runs its chunks on one thread:
+PARALLEL_SECONDS_ENV = "DLANG_PARALLEL_MIN_SECONDS"  # waking a second thread costs more than it saves,
+# and when the machine is shared the second thread may wait a whole time slice for a core
+
+
 def parallel_min_rows() -> int:
     """Rows from which the chunked kernels run ($DLANG_PARALLEL_MIN_ROWS lowers it for tests)."""
-    text = os.environ.get(PARALLEL_ENV)
+    return int(_env_number(PARALLEL_ENV, PARALLEL_MIN_ROWS, 1))
+
+
+def parallel_min_seconds() -> float:
+    """The least work (seconds on one thread) a call takes more than one thread for
+    ($DLANG_PARALLEL_MIN_SECONDS: 0 makes every chunked call parallel, as the tests do)."""
+    return _env_number(PARALLEL_SECONDS_ENV, PARALLEL_MIN_SECONDS, 0.0)
+
+
+def _env_number(name: str, default: float, least: float) -> float:
+    text = os.environ.get(name)
     if text:
         try:
-            return max(1, int(text))
+            return max(least, float(text))
         except ValueError:
             pass
-    return PARALLEL_MIN_ROWS
+    return default
 
 
 def chunk_bounds(c: int, n: int, chunks: int) -> tuple[int, int]:

@@ -32,7 +32,8 @@ ConstOpt = Annotated[
 # What `emit` can show: the syntax tree, the IR, the adjoint IR, the kernel IR after any kernel
 # pass, the kernel source, or the pipeline's stages as they run.
 Stage = Enum("Stage", {name: name for name in
-                       ("ast", "ir", "grad", "hoist", "split-sums", "reciprocals", "buffers", "kernel", "pipeline")},
+                       ("ast", "ir", "grad", "scalarize", "hoist", "split-sums", "reciprocals", "buffers", "kernel",
+                        "pipeline")},
              type=str)
 
 
@@ -64,8 +65,8 @@ def check(program: ProgramArg, const: ConstOpt = None) -> None:
 def emit(
     program: ProgramArg,
     stage: Annotated[Stage, typer.Option(help="What to print: the parsed program (ast), the IR (ir), the adjoint "
-                                              "IR (grad), the program and its adjoint after a kernel pass (hoist, "
-                                              "split-sums, reciprocals, buffers), the generated kernel source "
+                                              "IR (grad), the program and its adjoint after a kernel pass (scalarize, "
+                                              "hoist, split-sums, reciprocals, buffers), the generated kernel source "
                                               "(kernel), or each stage of the pipeline as it runs (pipeline).")] = Stage("ir"),
     const: ConstOpt = None,
 ) -> None:
@@ -269,10 +270,27 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app; user errors exit 1 with a message and never a traceback."""
+    import signal
     import warnings
 
     warnings.filterwarnings("ignore", category=RuntimeWarning)  # NumPy's overflow notes: dlang says it in words
     warnings.showwarning = _show_warning
+    interrupted = []
+
+    def on_sigint(signum, frame):  # noted: a Ctrl-C that lands inside a C callback (Numba compiling
+        interrupted.append(signum)  # in LLVM) is swallowed there and surfaces as another error
+        raise KeyboardInterrupt
+
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, on_sigint)
+    default_unraisable = sys.unraisablehook
+
+    def unraisable(info) -> None:  # Python would print the swallowed Ctrl-C's traceback
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            default_unraisable(info)
+
+    sys.unraisablehook = unraisable
     try:
         app(args=argv)
     except SystemExit as ex:
@@ -292,9 +310,16 @@ def main(argv: list[str] | None = None) -> None:
     except BrokenPipeError:
         sys.exit(0)
     except Exception as err:  # noqa: BLE001 - a bug of ours: say so plainly, without a traceback
+        if interrupted:  # the interrupt broke what it landed in
+            sys.stderr.write("dlang: interrupted\n")
+            sys.exit(130)
         sys.stderr.write(f"dlang: internal error ({type(err).__name__}: {err}); this is a bug in dlang, "
                          "please report it with the program that caused it\n")
         sys.exit(3)
+    finally:
+        sys.unraisablehook = default_unraisable
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)
 
 
 def script() -> None:

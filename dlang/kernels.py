@@ -8,6 +8,7 @@ import hashlib
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,13 @@ from .errors import Diagnostic, DlangWarning, RuntimeFault, source_text, span_at
 from .ir import DEFAULT_MAX_ITERATIONS, Program, size
 
 CACHE_ENV = "DLANG_CACHE_DIR"
+
+# OpenMP's threads spin while they wait for work by default. When another process keeps the
+# cores busy (a second dlang, a parallel test run, Dask workers), a spinning thread holds a core
+# its partner needs, and a parallel call waits whole time slices: 24x slower than one thread
+# on a short call, measured. Waiting threads sleep instead, unless the user chose otherwise.
+# (OpenMP reads this when Numba first loads its threading layer, after this import.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def cache_dir() -> Path:
@@ -121,6 +129,7 @@ class Kernels:
         self.module = module
         self.max_iterations = max_iterations
         self._tape_sizes = np.zeros(2 * len(tapes_of(adjoint)), np.int64)  # the sizes the last call needed
+        self._row_seconds: dict[str, float] = {}  # a row's work on one thread, as the last call measured it
 
     def __reduce__(self):
         return (_rebuild, (self.program, self.forward, self.adjoint, self.source, self.max_iterations))
@@ -138,17 +147,36 @@ class Kernels:
         losses = np.empty(n)
         outs = np.empty((n, abi.output_width(self.program)))
         args = self._param_args(params)
-        with _numba_recursion():
-            if n >= abi.parallel_min_rows() and _threads() > 1:
+        with _numba_recursion(), _Timed(self, "forward", n) as timed:
+            if timed.parallel:
                 faults = np.zeros((abi.CHUNKS, 2), np.int64)
-                getattr(self.module, abi.FORWARD_CHUNKS)(data, abi.CHUNKS, *args, losses, outs, faults)
+                with _dynamic_chunks():
+                    getattr(self.module, abi.FORWARD_CHUNKS)(data, abi.CHUNKS, *args, losses, outs, faults)
             else:  # each row's own: no order to keep
-                faults = np.array([getattr(self.module, abi.FORWARD)(data, 0, n, *args, losses, outs)], np.int64)
+                faults = getattr(self.module, abi.FORWARD)(data, 0, n, *args, losses, outs)
         self._check(faults, data, rows)
         return losses, outs
 
     def loss(self, data: np.ndarray, params: dict, rows=None) -> float:
-        return float(np.mean(self.forward_rows(data, params, rows)[0]))
+        """The mean loss over the rows (the rows' sums added in chunk order, as for grad)."""
+        n = data.shape[0]
+        args = self._param_args(params)
+        with _numba_recursion(), _Timed(self, "loss", n) as timed:
+            if timed.chunked:
+                out = np.zeros((abi.CHUNKS, 1))
+                faults = np.zeros((abi.CHUNKS, 2), np.int64)
+                if timed.parallel:
+                    with _dynamic_chunks():
+                        getattr(self.module, abi.LOSS_CHUNKS)(data, abi.CHUNKS, *args, out, faults)
+                else:
+                    getattr(self.module, abi.LOSS_CHUNKS_SERIAL)(data, abi.CHUNKS, *args, out, faults)
+                total = float(out.sum())
+            else:
+                out = np.zeros(1)
+                faults = getattr(self.module, abi.LOSS)(data, 0, n, *args, out)
+                total = float(out[0])
+        self._check(faults, data, rows)
+        return total / n
 
     def grad(self, data: np.ndarray, params: dict, rows=None) -> tuple[float, dict]:
         """The mean loss over rows and its gradient with respect to every param."""
@@ -165,19 +193,22 @@ class Kernels:
         args = self._param_args(params)
         sizes_per_call = self._tape_sizes
         width = abi.grad_width([size(p.type) for p in self.program.params])
-        with _numba_recursion():
-            if n >= abi.parallel_min_rows():
+        with _numba_recursion(), _Timed(self, "grad", n) as timed:
+            if timed.chunked:
                 chunks = abi.CHUNKS
                 sizes = np.tile(sizes_per_call, (chunks, 1))
                 out = np.zeros((chunks, width))
                 faults = np.zeros((chunks, 2), np.int64)
-                name = abi.GRAD_CHUNKS if _threads() > 1 else abi.GRAD_CHUNKS_SERIAL
-                getattr(self.module, name)(data, chunks, *args, sizes, out, faults)
+                if timed.parallel:
+                    with _dynamic_chunks():
+                        getattr(self.module, abi.GRAD_CHUNKS)(data, chunks, *args, sizes, out, faults)
+                else:
+                    getattr(self.module, abi.GRAD_CHUNKS_SERIAL)(data, chunks, *args, sizes, out, faults)
                 total = out.sum(axis=0)
             else:
                 sizes = sizes_per_call.copy().reshape(1, -1)
                 out = np.zeros((1, width))
-                faults = np.array([getattr(self.module, abi.GRAD)(data, 0, n, *args, sizes[0], out[0])], np.int64)
+                faults = getattr(self.module, abi.GRAD)(data, 0, n, *args, sizes[0], out[0])
                 total = out[0]
         self._check(faults, data, rows, adjoint=True)
         if sizes.size:
@@ -191,13 +222,18 @@ class Kernels:
             offset += k
         return GradResult(loss, grads, 8.0 * float(total[offset]) / max(1, n))
 
-    def _check(self, faults: np.ndarray, data, rows, adjoint: bool = False) -> None:
-        """A fault a kernel reported (the first chunk's that has one) as a RuntimeFault naming
-        the source line and the data row."""
-        found = np.flatnonzero(faults[:, 0])
-        if not found.size:
-            return
-        code, row = (int(x) for x in faults[found[0]])
+    def _check(self, faults, data, rows, adjoint: bool = False) -> None:
+        """A fault a kernel reported, (code, row) or one such row per chunk (the first chunk's
+        that has one), as a RuntimeFault naming the source line and the data row."""
+        if isinstance(faults, tuple):
+            if faults[0] == 0:
+                return
+            code, row = faults
+        else:
+            found = np.flatnonzero(faults[:, 0])
+            if not found.size:
+                return
+            code, row = (int(x) for x in faults[found[0]])
         label = int(rows[row]) if rows is not None and len(rows) == data.shape[0] else row + 1
         raise _fault(self, *abi.decode_fault(code), label if self.program.data else None)
 
@@ -227,11 +263,56 @@ def _fault(kernels: Kernels, what: str, line: int, col: int, row: int | None) ->
     return RuntimeFault(Diagnostic(message, span, path, note), source_text(path))
 
 
+class _Timed:
+    """Chooses the threads of one call from its work, and measures it for the next call.
+
+    From abi.parallel_min_rows() rows on, a call runs its chunks in parallel when Numba has
+    more than one thread and the work (rows times the seconds a row took in the last call, on
+    one thread) is at least abi.parallel_min_seconds(); otherwise the same chunks run in order
+    on one thread. The chunk sums are the same either way, so this never changes a result."""
+
+    def __init__(self, kernels: Kernels, kind: str, rows: int):
+        self.kernels, self.kind, self.rows = kernels, kind, rows
+        self.chunked = rows >= abi.parallel_min_rows()  # else one call of the serial kernel
+        self.threads = _threads() if self.chunked else 1
+        if self.threads > 1:
+            per_row = kernels._row_seconds.get(kind)
+            if per_row is not None and per_row * rows < abi.parallel_min_seconds():
+                self.threads = 1
+        self.parallel = self.threads > 1
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is None and self.rows:
+            seconds = time.perf_counter() - self.start
+            self.kernels._row_seconds[self.kind] = seconds * self.threads / self.rows
+
+
+class _dynamic_chunks:
+    """The parallel chunk loop hands out chunks one at a time to whichever thread is free
+    (Numba's static split gives each thread half the chunks up front: when the machine is
+    shared and one thread waits for a core, the other then waits for it)."""
+
+    def __enter__(self):
+        self.previous = _numba().set_parallel_chunksize(1)  # returns the chunk size it replaces
+
+    def __exit__(self, *exc):
+        _numba().set_parallel_chunksize(self.previous)
+
+
 def _threads() -> int:
     """Numba's thread count now: with one, the chunked kernels run without the thread pool."""
+    return _numba().get_num_threads()
+
+
+@functools.lru_cache(maxsize=1)
+def _numba():
     import numba
 
-    return numba.get_num_threads()
+    return numba
 
 
 class _numba_recursion:

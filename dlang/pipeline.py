@@ -38,10 +38,15 @@ class Stop(Exception):
 
 @dataclass
 class KernelIR:
-    """What the kernels are made of: the program and its adjoint after the kernel passes."""
+    """What the kernels are made of, after the kernel passes: the program (each row's loss and
+    outputs), the program without its outputs (the loss summed over rows) and its adjoint."""
 
     forward: Program
     adjoint: Program
+    loss: Program
+
+    def each(self, fn) -> "KernelIR":
+        return KernelIR(fn(self.forward), fn(self.adjoint), fn(self.loss))
 
 
 def compile_file(path: str, consts=None, max_iterations: int = DEFAULT_MAX_ITERATIONS, on_stage=None,
@@ -76,23 +81,23 @@ def kernel_ir(program: Program) -> KernelIR:
 def kernel_source(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> str:
     """The generated source of a program's kernels (`dlang emit --stage kernel`)."""
     ir = kernel_ir(program)
-    return codegen.generate(ir.forward, ir.adjoint, max_iterations)
+    return codegen.generate(ir.forward, ir.adjoint, ir.loss, max_iterations)
 
 
 def _backend(run, program: Program, max_iterations: int):
     from .kernels import load_kernels  # NumPy and Numba: only when kernels are made
 
     ir = _kernel_ir(run, program)
-    source = run("generate", codegen.generate, ir.forward, ir.adjoint, max_iterations)
+    source = run("generate", codegen.generate, ir.forward, ir.adjoint, ir.loss, max_iterations)
     return run("load", load_kernels, program, ir.forward, ir.adjoint, source, max_iterations)
 
 
 def _kernel_ir(run, program: Program) -> KernelIR:
     run("verify", _verified, program)
     adjoint = run("reverse", reverse_ad, program)
-    ir = KernelIR(program, adjoint)
+    ir = KernelIR(program, adjoint, passes.without_outputs(program))
     for name, fn, _ in passes.KERNEL_PASSES:
-        ir = run(name, lambda ir: KernelIR(fn(ir.forward), fn(ir.adjoint)), ir)
+        ir = run(name, lambda ir: ir.each(fn), ir)
     return ir
 
 
@@ -127,7 +132,8 @@ def describe(name: str, result) -> str:
     if isinstance(result, str):
         return f"{len(result.splitlines())} lines"
     if isinstance(result, KernelIR):
-        return f"forward {count(result.forward)} statements, adjoint {count(result.adjoint)}"
+        return (f"forward {count(result.forward)} statements, adjoint {count(result.adjoint)}, "
+                f"loss {count(result.loss)}")
     if isinstance(result, Program):
         return f"{count(result)} statements"
     if hasattr(result, "items"):  # the syntax tree

@@ -206,6 +206,14 @@ def _shaped(name: str, takes: list[Type]):
     return rule
 
 
+def _pack_type(ins, params):
+    shape = tuple(params.get("shape", ()))
+    if not shape or any(t != F64 for t in ins) or len(ins) != size(Type("f64", shape)):
+        raise TypeRuleError(f"pack of shape {shape} takes {size(Type('f64', shape)) if shape else '?'} floats, "
+                            f"not ({', '.join(map(str, ins))})")
+    return Type("f64", shape)
+
+
 def _no_result(name: str):
     def rule(ins, params):
         raise TypeRuleError(f"{name} has no result")
@@ -341,6 +349,11 @@ def _lines_transpose(dest, args, ins, out):
     n, m = ins[0].shape
     return [f"for dl_i in range({n}):", f"    for dl_j in range({m}):",
             f"        {dest}[dl_j, dl_i] = {args[0]}[dl_i, dl_j]"]
+
+
+def _lines_pack(dest, args, ins, out):
+    return [f"{dest}{'[' + str(k) + ']' if len(out.shape) == 1 else '.flat[' + str(k) + ']'} = {a}"
+            for k, a in enumerate(args)]
 
 
 def _lines_index(dest, args, ins, out):
@@ -505,6 +518,12 @@ def _vjp_addindex(b, e, ct):
     return [lambda: ct, lambda: b.op("index", ct, *(b.p(i) for i in idx))] + [None] * len(idx)
 
 
+def _vjp_pack(b, e, ct):
+    shape = e.outs[0].type.shape
+    cells = [divmod(k, shape[1]) if len(shape) == 2 else (k,) for k in range(len(e.ins))]
+    return [(lambda idx=idx: b.op("index", ct, *(Lit(i, I64) for i in idx))) for idx in cells]
+
+
 def _vjp_outer(b, e, ct):
     x, y = e.ins
     return [lambda: b.op("matmul", ct, b.p(y)), lambda: b.op("matmul", b.p(x), ct)]
@@ -564,23 +583,23 @@ _register(
     _math1("cos", None, lambda b, x, y: b.op("neg", b.op("sin", b.p(x))), "dl_math.cos({0})", doc="cosine"),
     _math1("tan", None, lambda b, x, y: b.op("add", ONE, b.mul(b.p(y), b.p(y))), "dl_math.tan({0})", doc="tangent"),
     _math1("asin", None, lambda b, x, y: _recip_of(b, b.op("sqrt", _one_minus_square(b, x))),
-           "dl_rt.asin({0})", "asin", "arc sine (nan outside [-1, 1])", numpy_name="arcsin"),
+           "dl_math.asin({0})", doc="arc sine (nan outside [-1, 1])", numpy_name="arcsin"),
     _math1("acos", None, lambda b, x, y: b.op("neg", _recip_of(b, b.op("sqrt", _one_minus_square(b, x)))),
-           "dl_rt.acos({0})", "acos", "arc cosine (nan outside [-1, 1])", numpy_name="arccos"),
+           "dl_math.acos({0})", doc="arc cosine (nan outside [-1, 1])", numpy_name="arccos"),
     _math1("atan", None, lambda b, x, y: _recip_of(b, b.op("add", ONE, b.mul(b.p(x), b.p(x)))),
            "dl_math.atan({0})", doc="arc tangent", numpy_name="arctan"),
     _math1("exp", None, lambda b, x, y: b.p(y), "dl_math.exp({0})", doc="e to the x"),
     _math1("exp2", None, lambda b, x, y: b.mul(b.p(y), LN2), "2.0 ** {0}", doc="2 to the x"),
-    _math1("log", None, lambda b, x, y: _recip_of(b, b.p(x)), "dl_rt.log({0})", "log",
-           "natural logarithm (-inf at 0, nan below)"),
+    _math1("log", None, lambda b, x, y: _recip_of(b, b.p(x)), "dl_math.log({0})",
+           doc="natural logarithm (-inf at 0, nan below)"),
     _math1("log2", None, lambda b, x, y: _recip_of(b, b.mul(b.p(x), LN2)), "dl_math.log2({0})",
            doc="base-2 logarithm"),
     _math1("log10", None, lambda b, x, y: _recip_of(b, b.mul(b.p(x), LN10)), "dl_math.log10({0})",
            doc="base-10 logarithm"),
-    _math1("log1p", None, lambda b, x, y: _recip_of(b, b.op("add", ONE, b.p(x))), "dl_rt.log1p({0})", "log1p",
-           "log(1 + x), exact for small x"),
-    _math1("sqrt", None, lambda b, x, y: _recip_of(b, b.mul(TWO, b.p(y))), "dl_rt.sqrt({0})", "sqrt",
-           "square root (nan below 0)"),
+    _math1("log1p", None, lambda b, x, y: _recip_of(b, b.op("add", ONE, b.p(x))), "dl_math.log1p({0})",
+           doc="log(1 + x), exact for small x"),
+    _math1("sqrt", None, lambda b, x, y: _recip_of(b, b.mul(TWO, b.p(y))), "dl_math.sqrt({0})",
+           doc="square root (nan below 0)"),
     _math1("tanh", None, lambda b, x, y: _one_minus_square(b, y), "dl_math.tanh({0})", doc="hyperbolic tangent"),
     _math1("sinh", None, lambda b, x, y: b.op("cosh", b.p(x)), "dl_math.sinh({0})", doc="hyperbolic sine"),
     _math1("cosh", None, lambda b, x, y: b.op("sinh", b.p(x)), "dl_math.cosh({0})", doc="hyperbolic cosine"),
@@ -645,6 +664,10 @@ _register(
               render=_lines_transpose, doc="matrix transpose"),
     Primitive("outer", 2, _outer_type, lambda p, a, b: _np().outer(a, b), _vjp_outer, render=_lines_outer,
               doc="outer product of two vectors"),
+    Primitive("pack", 1, _pack_type, lambda p, *xs: _np().array(xs, dtype=float).reshape(p["shape"]), _vjp_pack,
+              render=_lines_pack, checks_index=None,
+              doc="pack[shape=S] x0 x1 ...: an array of shape S from its elements, row-major (scalarize's way "
+                  "back to an array)"),
     Primitive("broadcast", 1, _shaped("broadcast", [F64]), lambda p, x: _np().full(p["shape"], float(x)),
               lambda b, e, ct: [lambda: b.op("sum", ct)], render=_lines_fill, doc="a scalar repeated to params['shape']"),
     Primitive("mask_gt", 2, _elementwise_type("mask_gt"), lambda p, a, b: _np().greater(a, b) * 1.0,
@@ -688,7 +711,7 @@ def result_type(op: str, ins: list[Type], params: dict) -> Type:
     prim = REGISTRY.get(op)
     if prim is None:
         raise TypeRuleError(f"no op {op} taking ({', '.join(map(str, ins))})")
-    if len(ins) != prim.arity and prim.checks_index is None:
+    if len(ins) != prim.arity and prim.checks_index is None and op != "pack":
         raise TypeRuleError(f"{op} takes {prim.arity} operand{'s' * (prim.arity != 1)}, not {len(ins)}")
     return prim.type_rule(list(ins), params)
 

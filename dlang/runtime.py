@@ -109,36 +109,3 @@ def grown(tape, need):
     for i in range(tape.shape[0]):  # an explicit copy (slice copies failed once grown in prange)
         new[i] = tape[i]
     return new
-
-
-# ---- math functions at the edges of their domains: NaN (or -inf), as NumPy gives, not an error
-
-
-@njit(**_FLAGS)
-def asin(v):
-    return math.asin(v) if -1.0 <= v <= 1.0 else math.nan
-
-
-@njit(**_FLAGS)
-def acos(v):
-    return math.acos(v) if -1.0 <= v <= 1.0 else math.nan
-
-
-@njit(**_FLAGS)
-def log(v):
-    if v > 0.0:
-        return math.log(v)
-    return -math.inf if v == 0.0 else math.nan
-
-
-@njit(**_FLAGS)
-def log1p(v):
-    if v > -1.0:
-        return math.log1p(v)
-    return -math.inf if v == -1.0 else math.nan
-
-
-@njit(**_FLAGS)
-def sqrt(v):
-    return math.sqrt(v) if v >= 0.0 else math.nan
-

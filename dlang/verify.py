@@ -1,7 +1,7 @@
 """The IR verifier: checks the invariants every pass must keep, with precise messages."""
 from __future__ import annotations
 
-from .ir import BOOL, F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Program, Stmt, Var, WhileLoop, walk
+from .ir import BOOL, F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Stmt, Var, WhileLoop, walk
 from .prims import REGISTRY, TypeRuleError, result_type
 
 
@@ -75,9 +75,10 @@ class _Verifier:
         self.prelude_scope = set(params)
         for k, e in enumerate(p.prelude):
             where = f"prelude[{k}] {getattr(e, 'op', type(e).__name__)}"
-            if not isinstance(e, Eqn) or REGISTRY.get(e.op) is None or REGISTRY[e.op].structural \
-                    or REGISTRY[e.op].checks_index is not None:
-                self.fail(where, "the prelude holds only plain equations")
+            prim = REGISTRY.get(getattr(e, "op", None))
+            if not isinstance(e, Eqn) or prim is None or prim.structural or (
+                    prim.checks_index is not None and not all(isinstance(i, Lit) for i in e.ins[prim.checks_index:])):
+                self.fail(where, "the prelude holds only plain equations (no index checked at run time)")
                 continue
             self.eqn(e, self.prelude_scope, where)
             for v in e.outs:

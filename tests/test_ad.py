@@ -473,6 +473,23 @@ def test_generated_source_grows_linearly_and_loops_are_not_unrolled():
     assert size(10, steps=99999) == size(10, steps=10000)  # the trip count is a number, not copies
 
 
+def _array_statements(n: int) -> str:
+    """n lines of `e += sum(sin(v))` over a 4-vector that varies by row (issue 11's program)."""
+    return "data x\nparam w[4] = 0.1\nv = w * x\ne = 0.0\n" + "e += sum(sin(v))\n" * n + "loss e\n"
+
+
+def test_generated_source_per_line_of_dlang_stays_constant():
+    """Small arrays become scalars (passes.scalarize_small_arrays): no loop per array op, and
+    the kernel source grows by the same number of lines for every line of the program."""
+    lines = {n: len(kernel_source(compile_source(_array_statements(n), "sums.dl")).splitlines())
+             for n in (50, 100, 200, 400)}
+    per_line = [(lines[b] - lines[a]) / (b - a) for a, b in ((50, 100), (100, 200), (200, 400))]
+    assert max(per_line) - min(per_line) <= 0.5, (lines, per_line)
+    assert per_line[0] < 40, per_line  # the old kernels: 82 lines per line of dlang (5 copies, array loops)
+    loops = [kernel_source(compile_source(_array_statements(n), "sums.dl")).count("for dl_i in") for n in (3, 50)]
+    assert loops[0] == loops[1], loops  # no loop per array op (only the gradients' copy into the output)
+
+
 def test_generated_source_is_readable():
     prog = load_program(str(PROGRAMS / "projectile.dl"))
     source = kernel_source(prog)

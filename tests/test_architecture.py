@@ -68,8 +68,8 @@ def test_imports_flow_one_way_and_no_module_reaches_into_anothers_privates(path)
 
 def test_the_pipeline_lists_every_stage_in_order():
     names = [name for name, _ in pipeline.STAGES]
-    assert names == ["read", "parse", "check", "verify", "reverse", "dce", "hoist", "split-sums", "reciprocals",
-                     "buffers", "generate", "load"]
+    assert names == ["read", "parse", "check", "verify", "reverse", "scalarize", "dce", "hoist", "split-sums",
+                     "reciprocals", "buffers", "generate", "load"]
     seen = []
     pipeline.compile_file(str(PROGRAMS / "projectile.dl"), on_stage=lambda name, s, r: seen.append(name))
     assert seen == names
@@ -92,7 +92,7 @@ def test_the_verifier_accepts_the_ir_after_every_stage(path):
 
 
 def test_emit_shows_each_pass_and_the_pipeline(run_cli):
-    for stage in ("hoist", "split-sums", "reciprocals", "buffers"):
+    for stage in ("scalarize", "hoist", "split-sums", "reciprocals", "buffers"):
         r = run_cli("emit", PROGRAMS / "linear_regression.dl", "--stage", stage)
         assert r.code == 0, r.err
         assert "# the adjoint kernel's program" in r.out and "sweep[tape=" in r.out

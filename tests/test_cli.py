@@ -98,8 +98,8 @@ def test_ctrl_c_outside_training_says_interrupted_and_exits_130(tmp_path):
     import time
 
     env = dict(os.environ, DLANG_CACHE_DIR=str(tmp_path / "cache"))  # a cold compile: seconds of Python
-    proc = subprocess.Popen([sys.executable, "-m", "dlang.cli", "grad", str(PROJECTILE), "--data",
-                             str(PROGRAMS / "data" / "projectile.csv")], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "dlang.cli", "grad", str(PROGRAMS / "builtins_tour.dl"), "--data",
+                             str(PROGRAMS / "data" / "builtins_tour.csv"), "--check"], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)

@@ -719,6 +719,6 @@ def test_two_processes_compile_the_same_new_program_at_once(tmp_path):
         k = compile_kernels(program)
         assert k.grad(data, params)[0] == pytest.approx(expected["loss"], rel=1e-15)
         k.loss(data, params)
-        stats = [k.module.dl_forward.stats, k.module.dl_grad.stats]
+        stats = [k.module.dl_loss.stats, k.module.dl_grad.stats]
         assert [sum(s.cache_misses.values()) for s in stats] == [0, 0]
         assert [sum(s.cache_hits.values()) for s in stats] == [1, 1]

@@ -15,7 +15,7 @@ import numba
 import numpy as np
 import pytest
 
-from dlang.abi import PARALLEL_ENV
+from dlang.abi import PARALLEL_ENV, PARALLEL_SECONDS_ENV
 from dlang.data import load_data
 from dlang.frontend import compile_source, load_program
 from dlang.interp import grad_row
@@ -30,9 +30,17 @@ TWO_THREADS = numba.config.NUMBA_NUM_THREADS >= 2
 needs_two = pytest.mark.skipif(not TWO_THREADS, reason="one CPU: no second thread to compare with")
 
 
+@pytest.fixture(autouse=True)
+def _every_chunked_call_parallel(monkeypatch):
+    """With two threads, every chunked call runs in parallel, however little its work."""
+    monkeypatch.setenv(PARALLEL_SECONDS_ENV, "0")
+
+
 def run_both(kernels, data, params, monkeypatch, min_rows: int = 2):
-    """(grad, forward rows) with 1 thread and with 2, the chunked path from min_rows rows on."""
+    """(grad, forward rows) with 1 thread and with 2, the chunked path from min_rows rows on
+    (in parallel with 2 threads, however little the work)."""
     monkeypatch.setenv(PARALLEL_ENV, str(min_rows))
+    monkeypatch.setenv(PARALLEL_SECONDS_ENV, "0")
     before = numba.get_num_threads()
     out = []
     try:
@@ -215,3 +223,33 @@ def test_chunks_with_few_rows_and_faults_in_a_later_chunk(monkeypatch):
                 assert "oob.dl:7:8" in str(err.value) and "data row 8" in str(err.value)
         finally:
             numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_the_threads_of_a_call_follow_its_work(monkeypatch):
+    """A call with little work runs its chunks on one thread (waking a second costs more than
+    it saves, and on a shared machine may cost a time slice); the results are the same bits."""
+    from dlang import kernels as kmod
+
+    monkeypatch.delenv(PARALLEL_SECONDS_ENV)
+    monkeypatch.setenv(PARALLEL_ENV, "2")
+    kernels = compile_kernels(compile_source(LOOP_CARRIED, "carried.dl"))
+    data = _rows(300)
+    used = []
+    real = kmod._Timed.__init__
+
+    def spy(self, *args):
+        real(self, *args)
+        used.append(self.threads)
+
+    monkeypatch.setattr(kmod._Timed, "__init__", spy)
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        first = kernels.grad(data, {"a": 0.5})
+        second = kernels.grad(data, {"a": 0.5})  # the first call measured how little work a row is
+        monkeypatch.setenv(PARALLEL_SECONDS_ENV, "0")
+        third = kernels.grad(data, {"a": 0.5})
+    finally:
+        numba.set_num_threads(before)
+    assert used == [2, 1, 2]
+    assert first == second == third

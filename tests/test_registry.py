@@ -140,6 +140,9 @@ def _cases(b: _Builder, op: str) -> None:
         b.add_to_loss(b.op("mul", b.op("transpose", m23()), m32()))
     elif op == "outer":
         b.add_to_loss(b.op("outer", v3(), b.param(op, [0.4, -0.2])))
+    elif op == "pack":
+        b.add_to_loss(b.op("pack", s(), s(1), s(2), shape=(3,)))
+        b.add_to_loss(b.op("mul", b.op("pack", *(s(k) for k in range(6)), shape=(2, 3)), m23()))
     elif op == "broadcast":
         b.add_to_loss(b.op("mul", b.op("broadcast", s(), shape=(2, 3)), m23()))
     elif op in ("lt", "le", "gt", "ge", "eq", "ne"):
