@@ -5,20 +5,21 @@ dlang.codegen writes the kernels to this convention and dlang.kernels calls them
 
 - FORWARD(data, lo, hi, *params, losses, outs) -> (fault, row): rows lo..hi-1 of `data`
   write their loss into losses[r] and their outputs into outs[r, :].
-- LOSS(data, lo, hi, *params, out) -> (fault, row): the sum of rows lo..hi-1's losses into
-  out[0] (the program without its outputs: what training and finite differences need).
+- LOSS(data, lo, hi, *params) -> (sum, fault, row): the sum of rows lo..hi-1's losses (the
+  program without its outputs: what training and finite differences need).
 - GRAD(data, lo, hi, *params, sizes, out) -> (fault, row): rows lo..hi-1; `out` (GRAD_WIDTH
   floats) receives the sum of the rows' losses, the sum of their gradients (every param's
   elements, in declaration order, row-major) and the tape words the rows used; `sizes` (two
   ints per tape: float words, int words) holds the tape sizes to start with and receives those
   the rows ended with.
-- FORWARD_CHUNKS, LOSS_CHUNKS, GRAD_CHUNKS (parallel over chunks, prange) and
-  LOSS_CHUNKS_SERIAL, GRAD_CHUNKS_SERIAL (the same chunks in order on one thread):
-  (data, nchunks, *params, ...per-chunk arrays..., faults) call FORWARD, LOSS or GRAD once per
-  chunk, chunk c getting rows chunk_bounds(c, n, nchunks), each
-  with its own row of `sizes`, `out` and `faults`. The caller adds the chunks' sums in chunk
-  order, so a gradient is the same, bit for bit, whatever the number of threads: the parallel
-  path runs exactly the serial function on each chunk.
+- FORWARD_CHUNKS(data, nchunks, *params, losses, outs) -> (fault, row),
+  LOSS_CHUNKS(data, nchunks, *params) -> (sum, fault, row) and
+  GRAD_CHUNKS(data, nchunks, *params, tape_hint) -> (sums, tape sizes, fault, row), parallel
+  over chunks (prange), and LOSS_CHUNKS_SERIAL, GRAD_CHUNKS_SERIAL, the same chunks in order on
+  one thread: they call FORWARD, LOSS or GRAD once per chunk, chunk c getting rows
+  chunk_bounds(c, n, nchunks), each with its own tapes, sums and fault. The chunks' sums are
+  added in chunk order, so a loss or gradient is the same, bit for bit, whatever the number of
+  threads: the parallel path runs exactly the serial function on each chunk.
 - A fault (an index out of range, a while loop past --max-iterations, a tape past its limit)
   stops the chunk: it returns (fault code, row), or (0, 0) when all went well.
 """

@@ -472,16 +472,15 @@ def _forward(m: _Module, program: Program) -> list[str]:
 
 def _loss(m: _Module, program: Program) -> list[str]:
     namer = Namer()
-    w = _Writer(m, namer, tapes_of(program), lambda code: f"return {code}, dl_r")
+    w = _Writer(m, namer, tapes_of(program), lambda code: f"return 0.0, {code}, dl_r")
     params = _param_names(program, namer)
     _head(w, program)
     _tapes_start(w, program, None)
     w.line(1, "dl_loss = 0.0")
     _row(w, program)
     w.line(2, f"dl_loss += {w.atom(program.body.results[0])}")
-    w.line(1, "dl_out[0] = dl_loss")
-    w.line(1, "return 0, 0")
-    args = ["dl_data", "dl_lo", "dl_hi", *params, "dl_out"]
+    w.line(1, "return dl_loss, 0, 0")
+    args = ["dl_data", "dl_lo", "dl_hi", *params]
     return [_JIT, f"def {abi.LOSS}({', '.join(args)}):"] + w.lines
 
 
@@ -573,28 +572,47 @@ def _grad(m: _Module, program: Program) -> list[str]:
     return [_JIT, f"def {abi.GRAD}({', '.join(args)}):"] + w.lines
 
 
-def _drivers(program: Program) -> list[str]:
-    """The chunked kernels: each chunk of rows is one call of the serial kernel."""
-    params = [f"dl_p{k}" for k in range(len(program.params))]
-    bounds = ["dl_c * dl_n // dl_nchunks", "(dl_c + 1) * dl_n // dl_nchunks"]
+def _drivers(program: Program, tapes: int) -> list[str]:
+    """The chunked kernels: each chunk of rows is one call of the serial kernel; the chunks'
+    results are added up in chunk order by the runtime (not in the parallel function, where
+    Numba would make every array operation a parallel loop of its own)."""
+    p = [f"dl_p{k}" for k in range(len(program.params))]
+    lo_hi = "dl_c * dl_n // dl_nchunks, (dl_c + 1) * dl_n // dl_nchunks"
     out = []
-    for name, jit, loop, kernel, arrays, passed in (
-            (abi.FORWARD_CHUNKS, _JIT_PARALLEL, "dl_prange", abi.FORWARD, ["dl_losses", "dl_outs"],
-             ["dl_losses", "dl_outs"]),
-            (abi.LOSS_CHUNKS, _JIT_PARALLEL, "dl_prange", abi.LOSS, ["dl_out"], ["dl_out[dl_c]"]),
-            (abi.LOSS_CHUNKS_SERIAL, _JIT, "range", abi.LOSS, ["dl_out"], ["dl_out[dl_c]"]),
-            (abi.GRAD_CHUNKS, _JIT_PARALLEL, "dl_prange", abi.GRAD, ["dl_sizes", "dl_out"],
-             ["dl_sizes[dl_c]", "dl_out[dl_c]"]),
-            (abi.GRAD_CHUNKS_SERIAL, _JIT, "range", abi.GRAD, ["dl_sizes", "dl_out"],
-             ["dl_sizes[dl_c]", "dl_out[dl_c]"])):
-        call = f"{kernel}({', '.join(['dl_data', *bounds, *params, *passed])})"
-        out += ["", jit, f"def {name}({', '.join(['dl_data', 'dl_nchunks', *params, *arrays, 'dl_faults'])}):",
+    for name, jit, loop in ((abi.FORWARD_CHUNKS, _JIT_PARALLEL, "dl_prange"),):
+        out += ["", jit, f"def {name}({', '.join(['dl_data', 'dl_nchunks', *p, 'dl_losses', 'dl_outs'])}):",
                 "    dl_n = dl_data.shape[0]",
+                "    dl_faults = dl_rt.chunk_faults(dl_nchunks)",
                 f"    for dl_c in {loop}(dl_nchunks):",
-                f"        dl_f, dl_fr = {call}",
+                f"        dl_f, dl_fr = {abi.FORWARD}({', '.join(['dl_data', lo_hi, *p, 'dl_losses', 'dl_outs'])})",
                 "        dl_faults[dl_c, 0] = dl_f",
                 "        dl_faults[dl_c, 1] = dl_fr",
-                "    return 0"]
+                "    return dl_rt.first_fault(dl_faults)"]
+    for name, jit, loop in ((abi.LOSS_CHUNKS, _JIT_PARALLEL, "dl_prange"), (abi.LOSS_CHUNKS_SERIAL, _JIT, "range")):
+        out += ["", jit, f"def {name}({', '.join(['dl_data', 'dl_nchunks', *p])}):",
+                "    dl_n = dl_data.shape[0]",
+                "    dl_out = dl_rt.chunk_sums(dl_nchunks, 1)",
+                "    dl_faults = dl_rt.chunk_faults(dl_nchunks)",
+                f"    for dl_c in {loop}(dl_nchunks):",
+                f"        dl_s, dl_f, dl_fr = {abi.LOSS}({', '.join(['dl_data', lo_hi, *p])})",
+                "        dl_out[dl_c, 0] = dl_s",
+                "        dl_faults[dl_c, 0] = dl_f",
+                "        dl_faults[dl_c, 1] = dl_fr",
+                "    dl_f, dl_fr = dl_rt.first_fault(dl_faults)",
+                "    return dl_rt.add_rows(dl_out)[0], dl_f, dl_fr"]
+    width = abi.grad_width([size(v.type) for v in program.param_vars])
+    for name, jit, loop in ((abi.GRAD_CHUNKS, _JIT_PARALLEL, "dl_prange"), (abi.GRAD_CHUNKS_SERIAL, _JIT, "range")):
+        out += ["", jit, f"def {name}({', '.join(['dl_data', 'dl_nchunks', *p, 'dl_tape_hint'])}):",
+                "    dl_n = dl_data.shape[0]",
+                f"    dl_out = dl_rt.chunk_sums(dl_nchunks, {width})",
+                "    dl_sizes = dl_rt.chunk_tapes(dl_nchunks, dl_tape_hint)",
+                "    dl_faults = dl_rt.chunk_faults(dl_nchunks)",
+                f"    for dl_c in {loop}(dl_nchunks):",
+                f"        dl_f, dl_fr = {abi.GRAD}({', '.join(['dl_data', lo_hi, *p, 'dl_sizes[dl_c]', 'dl_out[dl_c]'])})",
+                "        dl_faults[dl_c, 0] = dl_f",
+                "        dl_faults[dl_c, 1] = dl_fr",
+                "    dl_f, dl_fr = dl_rt.first_fault(dl_faults)",
+                "    return dl_rt.add_rows(dl_out), dl_rt.max_rows(dl_sizes), dl_f, dl_fr"]
     return out
 
 
@@ -624,5 +642,5 @@ def generate(forward: Program, adjoint: Program, loss: Program,
     out += ["", "", "# ---- the loss summed over the rows (the program without its outputs) ----"] + loss_kernel
     out += ["", "", "# ---- adjoint: the sums over the rows of the loss and of d loss / d param ----"] + grad
     out += ["", "", "# ---- the same, chunk by chunk: parallel over chunks, or in order on one thread ----"]
-    out += _drivers(forward)
+    out += _drivers(forward, len(tapes_of(adjoint)))
     return "\n".join(out) + "\n"

@@ -149,12 +149,11 @@ class Kernels:
         args = self._param_args(params)
         with _numba_recursion(), _Timed(self, "forward", n) as timed:
             if timed.parallel:
-                faults = np.zeros((abi.CHUNKS, 2), np.int64)
                 with _dynamic_chunks():
-                    getattr(self.module, abi.FORWARD_CHUNKS)(data, abi.CHUNKS, *args, losses, outs, faults)
+                    fault = getattr(self.module, abi.FORWARD_CHUNKS)(data, abi.CHUNKS, *args, losses, outs)
             else:  # each row's own: no order to keep
-                faults = getattr(self.module, abi.FORWARD)(data, 0, n, *args, losses, outs)
-        self._check(faults, data, rows)
+                fault = getattr(self.module, abi.FORWARD)(data, 0, n, *args, losses, outs)
+        self._check(fault, data, rows)
         return losses, outs
 
     def loss(self, data: np.ndarray, params: dict, rows=None) -> float:
@@ -162,20 +161,14 @@ class Kernels:
         n = data.shape[0]
         args = self._param_args(params)
         with _numba_recursion(), _Timed(self, "loss", n) as timed:
-            if timed.chunked:
-                out = np.zeros((abi.CHUNKS, 1))
-                faults = np.zeros((abi.CHUNKS, 2), np.int64)
-                if timed.parallel:
-                    with _dynamic_chunks():
-                        getattr(self.module, abi.LOSS_CHUNKS)(data, abi.CHUNKS, *args, out, faults)
-                else:
-                    getattr(self.module, abi.LOSS_CHUNKS_SERIAL)(data, abi.CHUNKS, *args, out, faults)
-                total = float(out.sum())
+            if not timed.chunked:
+                total, *fault = getattr(self.module, abi.LOSS)(data, 0, n, *args)
+            elif timed.parallel:
+                with _dynamic_chunks():
+                    total, *fault = getattr(self.module, abi.LOSS_CHUNKS)(data, abi.CHUNKS, *args)
             else:
-                out = np.zeros(1)
-                faults = getattr(self.module, abi.LOSS)(data, 0, n, *args, out)
-                total = float(out[0])
-        self._check(faults, data, rows)
+                total, *fault = getattr(self.module, abi.LOSS_CHUNKS_SERIAL)(data, abi.CHUNKS, *args)
+        self._check(fault, data, rows)
         return total / n
 
     def grad(self, data: np.ndarray, params: dict, rows=None) -> tuple[float, dict]:
@@ -187,32 +180,24 @@ class Kernels:
         """The mean loss, its gradient, and the tape bytes a row used (mean over the rows).
 
         From abi.parallel_min_rows() rows on, the rows are split into abi.CHUNKS chunks, run in
-        parallel (or in order with one thread) and summed in chunk order: the same result, bit
+        parallel (or in order on one thread) and summed in chunk order: the same result, bit
         for bit, whatever the number of threads."""
         n = data.shape[0]
         args = self._param_args(params)
-        sizes_per_call = self._tape_sizes
-        width = abi.grad_width([size(p.type) for p in self.program.params])
         with _numba_recursion(), _Timed(self, "grad", n) as timed:
-            if timed.chunked:
-                chunks = abi.CHUNKS
-                sizes = np.tile(sizes_per_call, (chunks, 1))
-                out = np.zeros((chunks, width))
-                faults = np.zeros((chunks, 2), np.int64)
-                if timed.parallel:
-                    with _dynamic_chunks():
-                        getattr(self.module, abi.GRAD_CHUNKS)(data, chunks, *args, sizes, out, faults)
-                else:
-                    getattr(self.module, abi.GRAD_CHUNKS_SERIAL)(data, chunks, *args, sizes, out, faults)
-                total = out.sum(axis=0)
+            if not timed.chunked:
+                total = np.zeros(abi.grad_width([size(p.type) for p in self.program.params]))
+                sizes = self._tape_sizes.copy()
+                fault = getattr(self.module, abi.GRAD)(data, 0, n, *args, sizes, total)
+            elif timed.parallel:
+                with _dynamic_chunks():
+                    total, sizes, *fault = getattr(self.module, abi.GRAD_CHUNKS)(
+                        data, abi.CHUNKS, *args, self._tape_sizes)
             else:
-                sizes = sizes_per_call.copy().reshape(1, -1)
-                out = np.zeros((1, width))
-                faults = getattr(self.module, abi.GRAD)(data, 0, n, *args, sizes[0], out[0])
-                total = out[0]
-        self._check(faults, data, rows, adjoint=True)
-        if sizes.size:
-            self._tape_sizes = sizes.max(axis=0)
+                total, sizes, *fault = getattr(self.module, abi.GRAD_CHUNKS_SERIAL)(
+                    data, abi.CHUNKS, *args, self._tape_sizes)
+        self._check(fault, data, rows, adjoint=True)
+        self._tape_sizes = sizes  # where the next call's tapes start
         loss = float(total[0]) / n
         grads, offset = {}, 1
         for p in self.program.params:
@@ -222,18 +207,12 @@ class Kernels:
             offset += k
         return GradResult(loss, grads, 8.0 * float(total[offset]) / max(1, n))
 
-    def _check(self, faults, data, rows, adjoint: bool = False) -> None:
-        """A fault a kernel reported, (code, row) or one such row per chunk (the first chunk's
-        that has one), as a RuntimeFault naming the source line and the data row."""
-        if isinstance(faults, tuple):
-            if faults[0] == 0:
-                return
-            code, row = faults
-        else:
-            found = np.flatnonzero(faults[:, 0])
-            if not found.size:
-                return
-            code, row = (int(x) for x in faults[found[0]])
+    def _check(self, fault, data, rows, adjoint: bool = False) -> None:
+        """A fault a kernel reported, (code, row) (the first chunk's, in chunk order), as a
+        RuntimeFault naming the source line and the data row; nothing when the code is 0."""
+        code, row = (int(x) for x in fault)
+        if code == 0:
+            return
         label = int(rows[row]) if rows is not None and len(rows) == data.shape[0] else row + 1
         raise _fault(self, *abi.decode_fault(code), label if self.program.data else None)
 
@@ -275,18 +254,20 @@ class _Timed:
         self.kernels, self.kind, self.rows = kernels, kind, rows
         self.chunked = rows >= abi.parallel_min_rows()  # else one call of the serial kernel
         self.threads = _threads() if self.chunked else 1
-        if self.threads > 1:
+        self.timed = self.threads > 1  # with one thread there is nothing to choose
+        if self.timed:
             per_row = kernels._row_seconds.get(kind)
             if per_row is not None and per_row * rows < abi.parallel_min_seconds():
                 self.threads = 1
         self.parallel = self.threads > 1
 
     def __enter__(self):
-        self.start = time.perf_counter()
+        if self.timed:
+            self.start = time.perf_counter()
         return self
 
     def __exit__(self, kind, err, tb):
-        if err is None and self.rows:
+        if self.timed and err is None and self.rows:
             seconds = time.perf_counter() - self.start
             self.kernels._row_seconds[self.kind] = seconds * self.threads / self.rows
 

@@ -109,3 +109,55 @@ def grown(tape, need):
     for i in range(tape.shape[0]):  # an explicit copy (slice copies failed once grown in prange)
         new[i] = tape[i]
     return new
+
+
+# ---- the chunked kernels' bookkeeping (kept out of their parallel functions: there Numba would
+# make every array operation a parallel loop of its own)
+
+
+@njit(**_FLAGS)
+def chunk_sums(chunks, width):
+    return np.zeros((chunks, width))
+
+
+@njit(**_FLAGS)
+def chunk_faults(chunks):
+    return np.zeros((chunks, 2), np.int64)
+
+
+@njit(**_FLAGS)
+def chunk_tapes(chunks, hint):
+    sizes = np.empty((chunks, hint.shape[0]), np.int64)
+    for c in range(chunks):
+        for k in range(hint.shape[0]):
+            sizes[c, k] = hint[k]
+    return sizes
+
+
+@njit(**_FLAGS)
+def add_rows(table):
+    """The rows of a table added in order (chunk 0, then 1, ...): the same sums whatever the
+    threads that filled them."""
+    total = np.zeros(table.shape[1])
+    for c in range(table.shape[0]):
+        for k in range(table.shape[1]):
+            total[k] += table[c, k]
+    return total
+
+
+@njit(**_FLAGS)
+def max_rows(table):
+    best = np.zeros(table.shape[1], np.int64)
+    for c in range(table.shape[0]):
+        for k in range(table.shape[1]):
+            best[k] = max(best[k], table[c, k])
+    return best
+
+
+@njit(**_FLAGS)
+def first_fault(faults):
+    """(code, row) of the first chunk that reported a fault, else (0, 0)."""
+    for c in range(faults.shape[0]):
+        if faults[c, 0] != 0:
+            return faults[c, 0], faults[c, 1]
+    return faults[0, 0] * 0, faults[0, 1] * 0
