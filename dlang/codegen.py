@@ -529,15 +529,16 @@ def _grad(m: _Module, program: Program) -> list[str]:
     w = _Writer(m, namer, tapes_of(program), lambda code: f"return {code}, dl_r")
     w.words = True
     params = _param_names(program, namer)
-    grads = [namer.unique("dl_g") for _ in program.param_vars]
+    slots = program.grad_types()  # one per gradient: a param's (or, derived programs, another's)
+    grads = [namer.unique("dl_g") for _ in slots]
     fused = _fused(program)
     w.skipped = set(fused)
     _head(w, program)
     _tapes_start(w, program, "dl_sizes")
     w.line(1, "dl_loss = 0.0")
     w.line(1, "dl_words = 0")
-    for g, v in zip(grads, program.param_vars):
-        w.line(1, f"{g} = " + (f"dl_np.zeros({_shape(v.type)})" if v.type.shape else "0.0"))
+    for g, t in zip(grads, slots):
+        w.line(1, f"{g} = " + (f"dl_np.zeros({_shape(t)})" if t.shape else "0.0"))
     _row(w, program)
     w.line(2, f"dl_loss += {w.atom(program.body.results[0])}")
     terms = program.grad_terms()
@@ -556,13 +557,13 @@ def _grad(m: _Module, program: Program) -> list[str]:
                     w.line(1, f"{g} += dl_rows * {w.atom(a)}")
     w.line(1, "dl_out[0] = dl_loss")
     offset = 1
-    for g, v in zip(grads, program.param_vars):
-        if v.type.shape:
-            w.line(1, f"for dl_i in range({size(v.type)}):")
-            w.line(2, f"dl_out[{offset} + dl_i] = {g}{_flat(v.type)}")
+    for g, t in zip(grads, slots):
+        if t.shape:
+            w.line(1, f"for dl_i in range({size(t)}):")
+            w.line(2, f"dl_out[{offset} + dl_i] = {g}{_flat(t)}")
         else:
             w.line(1, f"dl_out[{offset}] = {g}")
-        offset += size(v.type)
+        offset += size(t)
     w.line(1, f"dl_out[{offset}] = float(dl_words)")
     for j, t in enumerate(w.tapes):
         w.line(1, f"dl_sizes[{2 * j}] = dl_ft{t}.shape[0]")
@@ -572,7 +573,7 @@ def _grad(m: _Module, program: Program) -> list[str]:
     return [_JIT, f"def {abi.GRAD}({', '.join(args)}):"] + w.lines
 
 
-def _drivers(program: Program, tapes: int) -> list[str]:
+def _drivers(program: Program, adjoint: Program) -> list[str]:
     """The chunked kernels: each chunk of rows is one call of the serial kernel; the chunks'
     results are added up in chunk order by the runtime (not in the parallel function, where
     Numba would make every array operation a parallel loop of its own)."""
@@ -600,7 +601,7 @@ def _drivers(program: Program, tapes: int) -> list[str]:
                 "        dl_faults[dl_c, 1] = dl_fr",
                 "    dl_f, dl_fr = dl_rt.first_fault(dl_faults)",
                 "    return dl_rt.add_rows(dl_out)[0], dl_f, dl_fr"]
-    width = abi.grad_width([size(v.type) for v in program.param_vars])
+    width = abi.grad_width([size(t) for t in adjoint.grad_types()])
     for name, jit, loop in ((abi.GRAD_CHUNKS, _JIT_PARALLEL, "dl_prange"), (abi.GRAD_CHUNKS_SERIAL, _JIT, "range")):
         out += ["", jit, f"def {name}({', '.join(['dl_data', 'dl_nchunks', *p, 'dl_tape_hint'])}):",
                 "    dl_n = dl_data.shape[0]",
@@ -642,5 +643,5 @@ def generate(forward: Program, adjoint: Program, loss: Program,
     out += ["", "", "# ---- the loss summed over the rows (the program without its outputs) ----"] + loss_kernel
     out += ["", "", "# ---- adjoint: the sums over the rows of the loss and of d loss / d param ----"] + grad
     out += ["", "", "# ---- the same, chunk by chunk: parallel over chunks, or in order on one thread ----"]
-    out += _drivers(forward, len(tapes_of(adjoint)))
+    out += _drivers(forward, adjoint)
     return "\n".join(out) + "\n"

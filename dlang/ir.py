@@ -187,6 +187,11 @@ class Program:
     def param_vars(self) -> tuple[Var, ...]:
         return self.body.params[len(self.data):]
 
+    def grad_types(self) -> list[Type]:
+        """The type of each gradient slot: that of the param it is named by."""
+        types = {p.name: p.type for p in self.params}
+        return [types[name] for name in self.grads]
+
     def grad_terms(self) -> list[tuple[tuple[Atom, ...], tuple[Atom, ...]]]:
         """Per gradient: (its row terms among the body results, its fixed terms)."""
         rest = list(self.body.results[1 + len(self.outputs):])

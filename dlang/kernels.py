@@ -130,6 +130,7 @@ class Kernels:
         self.max_iterations = max_iterations
         self._tape_sizes = np.zeros(2 * len(tapes_of(adjoint)), np.int64)  # the sizes the last call needed
         self._row_seconds: dict[str, float] = {}  # a row's work on one thread, as the last call measured it
+        self.derived: dict = {}  # (mode, directions) -> the kernels of a derived program (dlang.derivatives)
 
     def __reduce__(self):
         return (_rebuild, (self.program, self.forward, self.adjoint, self.source, self.max_iterations))
@@ -186,7 +187,7 @@ class Kernels:
         args = self._param_args(params)
         with _numba_recursion(), _Timed(self, "grad", n) as timed:
             if not timed.chunked:
-                total = np.zeros(abi.grad_width([size(p.type) for p in self.program.params]))
+                total = np.zeros(abi.grad_width([size(t) for t in self.adjoint.grad_types()]))
                 sizes = self._tape_sizes.copy()
                 fault = getattr(self.module, abi.GRAD)(data, 0, n, *args, sizes, total)
             elif timed.parallel:
@@ -200,10 +201,10 @@ class Kernels:
         self._tape_sizes = sizes  # where the next call's tapes start
         loss = float(total[0]) / n
         grads, offset = {}, 1
-        for p in self.program.params:
-            k = size(p.type)
+        for name, t in zip(self.adjoint.grads, self.adjoint.grad_types()):
+            k = size(t)
             value = total[offset:offset + k] / n
-            grads[p.name] = value.reshape(p.type.shape) if p.type.shape else float(value[0])
+            grads[name] = value.reshape(t.shape) if t.shape else float(value[0])
             offset += k
         return GradResult(loss, grads, 8.0 * float(total[offset]) / max(1, n))
 

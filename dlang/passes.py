@@ -117,7 +117,7 @@ def split_gradient_sums(program: Program) -> Program:
     uses = use_counts(program)
     invariant = {v.id for v in program.param_vars} | {e.outs[0].id for e in program.prelude}
     eqns = list(program.body.eqns)
-    sweep = next(k for k, e in enumerate(eqns) if isinstance(e, Eqn) and e.op == "sweep")
+    sweep = next((k for k, e in enumerate(eqns) if isinstance(e, Eqn) and e.op == "sweep"), -1)  # -1: forward mode
     defined = {e.outs[0].id: k for k, e in enumerate(eqns)
                if k > sweep and isinstance(e, Eqn) and len(e.outs) == 1}
     dead: set[int] = set()
@@ -192,8 +192,8 @@ def reciprocals(program: Program) -> Program:
     """In the reverse sweep, a scalar divided by a scalar the same for every row (a param, or a
     prelude value) is multiplied by its reciprocal, computed once in the prelude: a division is
     several times slower, and the last bit of an adjoint does not matter."""
-    if not program.grads:
-        return program
+    if not any(isinstance(e, Eqn) and e.op == "sweep" for e in program.body.eqns):
+        return program  # no reverse sweep (a gradient by forward mode, or not a gradient)
     invariant = {v.id for v in program.param_vars} | {e.outs[0].id for e in program.prelude}
     next_id = [max(_all_ids(program)) + 1]
     recips: dict[int, Var] = {}

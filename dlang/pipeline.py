@@ -4,13 +4,18 @@
 stops after any stage and prints what it made, and `dlang emit --stage pipeline` prints the
 stages as they run. The kernel passes run on the program (for the forward kernel) and on its
 adjoint (for the gradient kernel).
+
+The same stages make the kernels of derived programs (dlang.forward), `mode` saying which:
+"forward" runs the tangent program along K direction params (the Jacobian, K columns a call)
+and the gradient by forward mode; "hvp" the tangent program and, in the gradient kernel's
+place, forward over reverse (the gradient and K Hessian-vector products).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-from . import codegen, frontend, passes
+from . import codegen, forward, frontend, passes
 from .ir import DEFAULT_MAX_ITERATIONS, Program
 from .limits import check_nesting
 from .reverse import reverse_ad
@@ -44,9 +49,11 @@ class KernelIR:
     forward: Program
     adjoint: Program
     loss: Program
+    checked: Program | None = None  # the forward kernel's program before the passes (the checked
+    # program, or in a derived mode its tangent program): how the kernels are called
 
     def each(self, fn) -> "KernelIR":
-        return KernelIR(fn(self.forward), fn(self.adjoint), fn(self.loss))
+        return KernelIR(fn(self.forward), fn(self.adjoint), fn(self.loss), self.checked)
 
 
 def compile_file(path: str, consts=None, max_iterations: int = DEFAULT_MAX_ITERATIONS, on_stage=None,
@@ -65,17 +72,22 @@ def compile_file(path: str, consts=None, max_iterations: int = DEFAULT_MAX_ITERA
         return stop.value
 
 
-def compile_kernels(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIONS, on_stage=None):
-    """The stages after checking: a checked program to its compiled kernels."""
+MODES = ("reverse", "forward", "hvp")
+
+
+def compile_kernels(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIONS, on_stage=None,
+                    mode: str = "reverse", directions: int = 1):
+    """The stages after checking: a checked program to its compiled kernels (with a derived
+    mode, those of its derived programs along `directions` direction params)."""
     with frontend.deep_recursion():
-        return _backend(_Runner(on_stage, None), program, max_iterations)
+        return _backend(_Runner(on_stage, None), program, max_iterations, mode, directions)
 
 
-def kernel_ir(program: Program) -> KernelIR:
+def kernel_ir(program: Program, mode: str = "reverse", directions: int = 1) -> KernelIR:
     """The program and its adjoint after every kernel pass (what `generate` renders)."""
     run = _Runner(None, None)
     with frontend.deep_recursion():
-        return _kernel_ir(run, program)
+        return _kernel_ir(run, program, mode, directions)
 
 
 def kernel_source(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIONS) -> str:
@@ -84,20 +96,30 @@ def kernel_source(program: Program, max_iterations: int = DEFAULT_MAX_ITERATIONS
     return codegen.generate(ir.forward, ir.adjoint, ir.loss, max_iterations)
 
 
-def _backend(run, program: Program, max_iterations: int):
+def _backend(run, program: Program, max_iterations: int, mode: str = "reverse", directions: int = 1):
     from .kernels import load_kernels  # NumPy and Numba: only when kernels are made
 
-    ir = _kernel_ir(run, program)
+    ir = _kernel_ir(run, program, mode, directions)
     source = run("generate", codegen.generate, ir.forward, ir.adjoint, ir.loss, max_iterations)
-    return run("load", load_kernels, program, ir.forward, ir.adjoint, source, max_iterations)
+    return run("load", load_kernels, ir.checked, ir.forward, ir.adjoint, source, max_iterations)
 
 
-def _kernel_ir(run, program: Program) -> KernelIR:
+def _kernel_ir(run, program: Program, mode: str = "reverse", directions: int = 1) -> KernelIR:
     run("verify", _verified, program)
-    adjoint = run("reverse", reverse_ad, program)
-    ir = KernelIR(program, adjoint, passes.without_outputs(program))
+    if mode == "reverse":
+        adjoint = run("reverse", reverse_ad, program)
+        ir = KernelIR(program, adjoint, passes.without_outputs(program))
+    elif mode in ("forward", "hvp"):
+        tangent = run("jvp", forward.jvp_program, program, directions)
+        make = forward.forward_gradient_program if mode == "forward" else forward.hvp_program
+        adjoint = run(mode, make, program, directions)
+        ir = KernelIR(tangent, adjoint, passes.without_outputs(tangent))
+    else:
+        raise ValueError(f"unknown mode {mode!r}; one of {', '.join(MODES)}")
+    checked = ir.forward
     for name, fn, _ in passes.KERNEL_PASSES:
         ir = run(name, lambda ir: ir.each(fn), ir)
+    ir.checked = checked
     return ir
 
 

@@ -14,8 +14,15 @@ its adjoint, or `AddAt(value, idx)` for a contribution to one element or row. Pr
 fetched with `b.p(atom)`, which is how the traversal learns what the reverse sweep reads.
 Rules build new equations with `b.op(name, *ins, **params)` and `b.mul(x, y)`.
 
-A forward (JVP) rule gets the forward-mode builder, the equation and the tangents of its
-inputs; the slot is filled by the forward-mode transformation.
+A forward (JVP) rule gets the forward-mode builder `b`, the primal equation `e` and the
+tangents of its inputs in one direction (None for a zero tangent; the transformation calls the
+rule once per direction, and only when some input's tangent is not zero). It returns the
+output's tangent, or None when it is zero. The builder has the same `b.p`, `b.op` and `b.mul`
+(in forward mode every primal value is at hand, so `b.p` gives the atom itself; equal
+equations built for different directions are made once). The Jacobian of an elementwise op
+is diagonal, so its JVP is the sum over inputs of its VJP with the input's tangent as the
+cotangent (`_jvp_elementwise`): one derivative formula per op serves both modes. Linear and
+bilinear array ops have their own JVP rules.
 """
 from __future__ import annotations
 
@@ -529,6 +536,65 @@ def _vjp_outer(b, e, ct):
     return [lambda: b.op("matmul", ct, b.p(y)), lambda: b.op("matmul", b.p(x), ct)]
 
 
+# ---- forward (JVP) rules ---------------------------------------------------------------------------
+
+def _add_tangents(b, parts: list, out_type: Type):
+    """The sum of an output's tangent contributions (None: zero), broadcast to its shape."""
+    parts = [t for t in parts if t is not None]
+    if not parts:
+        return None
+    total = parts[0]
+    for t in parts[1:]:
+        total = b.op("add", total, t)
+    if out_type.shape and not total.type.shape:
+        total = b.op("broadcast", total, shape=out_type.shape)
+    return total
+
+
+def _jvp_elementwise(b, e, tangents):
+    prim = REGISTRY[e.op]
+    parts = []
+    for k, t in enumerate(tangents):
+        if t is not None:
+            parts.append(prim.vjp(b, e, t)[k]())
+    return _add_tangents(b, parts, e.outs[0].type)
+
+
+def _jvp_linear(b, e, tangents):
+    """An op linear in its one float input: the op applied to the tangent."""
+    (t, *rest) = tangents
+    params = dict(e.params)
+    return b.op(e.op, t, *e.ins[1:], **params)
+
+
+def _jvp_bilinear(b, e, tangents):
+    """matmul, dot, outer: d(x op y) = dx op y + x op dy."""
+    x, y = e.ins
+    dx, dy = tangents
+    parts = [b.op(e.op, dx, b.p(y)) if dx is not None else None, b.op(e.op, b.p(x), dy) if dy is not None else None]
+    return _add_tangents(b, parts, e.outs[0].type)
+
+
+def _zero_like(b, t: Type) -> Atom:
+    return b.op("zeros", shape=t.shape) if t.shape else ZERO
+
+
+def _jvp_store(b, e, tangents):
+    """setindex and addindex: the same store, of the value's tangent into the array's."""
+    arr, value, *idx = e.ins
+    darr, dvalue = tangents[0], tangents[1]
+    if dvalue is None:
+        if e.op == "addindex":
+            return darr
+        dvalue = _zero_like(b, value.type)
+    base = darr if darr is not None else _zero_like(b, arr.type)
+    return b.op(e.op, base, dvalue, *(b.p(i) for i in idx))
+
+
+def _jvp_pack(b, e, tangents):
+    return b.op("pack", *(ZERO if t is None else t for t in tangents), **dict(e.params))
+
+
 def _one_minus_square(b, y):
     return b.op("sub", ONE, b.mul(b.p(y), b.p(y)))
 
@@ -542,9 +608,20 @@ def _recip_of(b, value):
 REGISTRY: dict[str, Primitive] = {}
 
 
+_JVP = {"matmul": _jvp_bilinear, "dot": _jvp_bilinear, "outer": _jvp_bilinear, "sum": _jvp_linear,
+        "mean": _jvp_linear, "transpose": _jvp_linear, "broadcast": _jvp_linear, "index": _jvp_linear,
+        "setindex": _jvp_store, "addindex": _jvp_store, "pack": _jvp_pack}
+
+
 def _register(*prims: Primitive) -> None:
+    """Add records; a differentiable one gets its forward rule: an elementwise op's from its
+    reverse rule, another's from _JVP."""
+    from dataclasses import replace
+
     for p in prims:
         assert p.name not in REGISTRY, p.name
+        if p.differentiable and not p.structural and p.jvp is None:
+            p = replace(p, jvp=_jvp_elementwise if p.elementwise else _JVP[p.name])
         REGISTRY[p.name] = p
 
 

@@ -24,122 +24,13 @@ from dataclasses import dataclass, field, replace
 
 from .ir import (F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, ParamInput, Program, Stmt, Type, Var, WhileLoop,
                  defined_anywhere, defined_in, renumber, tape_ops, vars_read, walk)
+from .activity import TapePairs, activity, carried_slots, differentiable, tape_key
 from .prims import REGISTRY, AddAt, MissingRule, evaluate, result_type
 
 
 def reverse_ad(program: Program) -> Program:
     """The adjoint program: body results are (loss, d loss / d param for every param)."""
     return renumber(_Reverse(program).build())
-
-
-# ---- activity analysis ----------------------------------------------------------------------
-
-def _carried_slots(s: Stmt):
-    """For a loop: (inits, block params, yields, outs) per carried value."""
-    if isinstance(s, ForLoop):
-        return zip(s.inits, s.body.params[1:], s.body.results, s.outs)
-    return zip(s.inits, s.body.params, s.body.results, s.outs)
-
-
-def _ids(atoms) -> set[int]:
-    return {a.id for a in atoms if isinstance(a, Var)}
-
-
-def tape_key(e: Eqn) -> tuple[int, int]:
-    """(tape, id) of a push or pop."""
-    params = dict(e.params)
-    return params["tape"], params["id"]
-
-
-@dataclass
-class _TapePairs:
-    """A program's pushes and pops, by (tape, id): what each push stores, what each pop gives."""
-
-    stored: dict[tuple, Atom] = field(default_factory=dict)
-    popped: dict[tuple, Var] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, block: Block) -> "_TapePairs":
-        pairs = cls()
-        for e in tape_ops(block):
-            if e.op == "push":
-                pairs.stored[tape_key(e)] = e.ins[0]
-            else:
-                pairs.popped[tape_key(e)] = e.outs[0]
-        return pairs
-
-
-def activity(program: Program) -> set[int]:
-    """Ids of active values: f64 values that depend on a param and reach the loss."""
-    pairs = _TapePairs.of(program.body)
-    varied = {v.id for v in program.param_vars}
-    while _mark_varied(program.body, varied, pairs):
-        pass
-    useful = _ids(program.body.results[:1])
-    while _mark_useful(program.body, useful, pairs):
-        pass
-    return varied & useful
-
-
-def _mark(target: set[int], ids: set[int]) -> bool:
-    new = ids - target
-    target |= new
-    return bool(new)
-
-
-def _differentiable(e: Eqn) -> bool:
-    prim = REGISTRY.get(e.op)
-    return prim is not None and prim.differentiable and not prim.structural
-
-
-def _mark_varied(block: Block, varied: set[int], pairs: _TapePairs) -> bool:
-    changed = False
-    for s in block.eqns:
-        if isinstance(s, Eqn):
-            if s.op == "pop":
-                if _ids([pairs.stored.get(tape_key(s))]) & varied and s.outs[0].type.kind == "f64":
-                    changed |= _mark(varied, {s.outs[0].id})
-            elif _differentiable(s) and _ids(s.ins) & varied:
-                changed |= _mark(varied, {v.id for v in s.outs if v.type.kind == "f64"})
-        elif isinstance(s, (ForLoop, WhileLoop)):
-            for init, param, result, out in _carried_slots(s):
-                if _ids([init, result]) & varied:
-                    changed |= _mark(varied, {param.id, out.id})
-            if isinstance(s, WhileLoop):  # the condition block sees the same carried values
-                for init, param, result in zip(s.inits, s.cond.params, s.body.results):
-                    if _ids([init, result]) & varied:
-                        changed |= _mark(varied, {param.id})
-            for inner in (s.body,) if isinstance(s, ForLoop) else (s.cond, s.body):
-                changed |= _mark_varied(inner, varied, pairs)
-        elif isinstance(s, IfElse):
-            changed |= _mark_varied(s.then, varied, pairs) | _mark_varied(s.orelse, varied, pairs)
-            for a, b, out in zip(s.then.results, s.orelse.results, s.outs):
-                if _ids([a, b]) & varied and out.type.kind == "f64":
-                    changed |= _mark(varied, {out.id})
-    return changed
-
-
-def _mark_useful(block: Block, useful: set[int], pairs: _TapePairs) -> bool:
-    changed = False
-    for s in reversed(block.eqns):
-        if isinstance(s, Eqn):
-            if s.op == "push":
-                popped = pairs.popped.get(tape_key(s))
-                if popped is not None and popped.id in useful:
-                    changed |= _mark(useful, {a.id for a in s.ins if isinstance(a, Var) and a.type.kind == "f64"})
-            elif _differentiable(s) and _ids(s.outs) & useful:
-                changed |= _mark(useful, {a.id for a in s.ins if isinstance(a, Var) and a.type.kind == "f64"})
-        elif isinstance(s, (ForLoop, WhileLoop)):
-            for init, param, result, out in _carried_slots(s):
-                if {param.id, out.id} & useful:
-                    changed |= _mark(useful, _ids([init, result]) | {param.id, out.id})
-            changed |= _mark_useful(s.body, useful, pairs)
-        elif isinstance(s, IfElse):
-            for a, b, out in zip(s.then.results, s.orelse.results, s.outs):
-                if out.id in useful:
-                    changed |= _mark(useful, _ids([a, b]))
-            changed |= _mark_useful(s.then, useful, pairs) | _mark_useful(s.orelse, useful, pairs)
-    return changed
 
 
 # ---- the transformation ---------------------------------------------------------------------
@@ -166,7 +57,7 @@ class _Reverse:
             raise ValueError("reverse_ad takes a program before the kernel passes (no prelude, no sums)")
         self.program = program
         self.active = activity(program)
-        self.pairs = _TapePairs.of(program.body)
+        self.pairs = TapePairs.of(program.body)
         used_tapes = [dict(e.params)["tape"] for e in walk(program.body)
                       if isinstance(e, Eqn) and e.op in ("push", "pop", "seal", "sweep")]
         self.tape = max(used_tapes, default=-1) + 1  # this level's tape: values the sweep reads
@@ -336,7 +227,7 @@ class _Reverse:
             if any(key[0] == tape for key in self.cotangents):
                 self.stmts.append(Eqn((), "seal", (("tape", self.cotangent_tape(tape)),), (), e.loc))
             return
-        if not _differentiable(e) or not e.outs:
+        if not differentiable(e) or not e.outs:
             return
         ct = self.adjoint(e.outs[0])
         if ct is None or e.outs[0].id not in self.active:
@@ -387,7 +278,7 @@ class _Reverse:
         return free
 
     def reverse_loop(self, s: ForLoop | WhileLoop) -> None:
-        slots = [(init, param, result, out) for init, param, result, out in _carried_slots(s)
+        slots = [(init, param, result, out) for init, param, result, out in carried_slots(s)
                  if param.id in self.active or out.id in self.active]
         if not any(self.adjoint(out) is not None for _, _, _, out in slots) and not self.pending_pushes([s.body]):
             return  # no adjoint reaches this loop's results, nor its pushes

@@ -25,9 +25,9 @@ LAYERS = [
     ("core", {"errors", "ir", "prims"}),
     ("front end", {"nodes", "syntax", "consts", "check", "frontend"}),
     ("IR", {"irtext", "verify", "interp", "passes"}),
-    ("AD", {"reverse"}),
+    ("AD", {"activity", "reverse", "forward"}),
     ("backend", {"abi", "codegen", "runtime", "kernels"}),
-    ("driver", {"limits", "pipeline", "data", "params", "diagnose", "gradcheck", "commands", "train"}),
+    ("driver", {"limits", "pipeline", "derivatives", "data", "params", "diagnose", "gradcheck", "commands", "train"}),
     ("CLI", {"cli", "render"}),
 ]
 LAYER = {module: k for k, (_, modules) in enumerate(LAYERS) for module in modules}
