@@ -32,7 +32,7 @@ ConstOpt = Annotated[
 # What `emit` can show: the syntax tree, the IR, the adjoint IR, the kernel IR after any kernel
 # pass, the kernel source, or the pipeline's stages as they run.
 Stage = Enum("Stage", {name: name for name in
-                       ("ast", "ir", "grad", "scalarize", "hoist", "split-sums", "reciprocals", "buffers", "kernel",
+                       ("ast", "ir", "grad", "jvp", "scalarize", "hoist", "split-sums", "reciprocals", "buffers", "kernel",
                         "pipeline")},
              type=str)
 
@@ -65,7 +65,8 @@ def check(program: ProgramArg, const: ConstOpt = None) -> None:
 def emit(
     program: ProgramArg,
     stage: Annotated[Stage, typer.Option(help="What to print: the parsed program (ast), the IR (ir), the adjoint "
-                                              "IR (grad), the program and its adjoint after a kernel pass (scalarize, "
+                                              "IR (grad), the tangent IR of forward mode along one direction per "
+                                              "param, dot1_NAME (jvp), the program and its adjoint after a kernel pass (scalarize, "
                                               "hoist, split-sums, reciprocals, buffers), the generated kernel source "
                                               "(kernel), or each stage of the pipeline as it runs (pipeline).")] = Stage("ir"),
     const: ConstOpt = None,
@@ -91,9 +92,13 @@ def emit(
         pipeline.compile_file(program, const, on_stage=note)
         render.show("\n".join(lines) + "\n", "text")
         return
-    stop = {"ir": "check", "grad": "dce", "kernel": "generate"}.get(stage, stage)
+    stop = {"ir": "check", "jvp": "check", "grad": "dce", "kernel": "generate"}.get(stage, stage)
     result = pipeline.compile_file(program, const, stop_after=stop)
-    if stage == "kernel":
+    if stage == "jvp":
+        from .forward import jvp_program
+
+        render.show(print_program(jvp_program(result, 1)), "ir")
+    elif stage == "kernel":
         render.show(result, "python")
     elif stage == "ir":
         render.show(print_program(result), "ir")
@@ -105,6 +110,11 @@ def emit(
         render.show(text, "ir")
 
 
+class Mode(str, Enum):
+    reverse = "reverse"
+    forward = "forward"
+
+
 @app.command()
 def grad(
     program: ProgramArg,
@@ -113,6 +123,9 @@ def grad(
     check: Annotated[bool, typer.Option("--check", help="Compare with central finite differences; "
                                                          "exit 1 if they disagree.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+    mode: Annotated[Mode, typer.Option(help="reverse: one pass over the data whatever the number of params; "
+                                            "forward: one pass per few param entries and no tape, faster for "
+                                            "long loops with few params (see docs/modes.md).")] = Mode.reverse,
     const: ConstOpt = None,
     drop_bad_rows: DropOpt = False,
     max_iterations: MaxIterOpt = DEFAULT_MAX_ITERATIONS,
@@ -121,7 +134,7 @@ def grad(
     from . import commands, render
 
     report = commands.grad(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows, _note),
-                           check)
+                           check, Mode(mode).value)
     if json_out:
         typer.echo(render.grad_json(report))
     else:
@@ -129,6 +142,36 @@ def grad(
     if report.non_finite is not None:  # the values are shown; then where the first NaN or inf came from
         render.print_error(report.non_finite)
         raise typer.Exit(1)
+    if report.check and not report.check.passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def hessian(
+    program: ProgramArg,
+    data: DataOpt = None,
+    params: ParamsOpt = None,
+    direction: Annotated[Optional[str], typer.Option("--direction", metavar="JSON",
+                                                     help="Print the Hessian times this direction instead of the "
+                                                          "Hessian: a params-shaped JSON file (a param it leaves out "
+                                                          "has direction 0).")] = None,
+    check: Annotated[bool, typer.Option("--check", help="Compare with central differences of the gradient; "
+                                                         "exit 1 if they disagree.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object and nothing else.")] = False,
+    const: ConstOpt = None,
+    drop_bad_rows: DropOpt = False,
+    max_iterations: MaxIterOpt = DEFAULT_MAX_ITERATIONS,
+) -> None:
+    """Print the loss, its gradient and its Hessian (second derivatives, by forward over reverse
+    mode): rows and columns are the param entries, params in declaration order, arrays row-major."""
+    from . import commands, render
+
+    report = commands.hessian(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows, _note),
+                              direction, check)
+    if json_out:
+        typer.echo(render.hessian_json(report))
+    else:
+        render.show_hessian(report)
     if report.check and not report.check.passed:
         raise typer.Exit(1)
 
@@ -227,7 +270,8 @@ def bench(
     drop_bad_rows: DropOpt = False,
     max_iterations: MaxIterOpt = DEFAULT_MAX_ITERATIONS,
 ) -> None:
-    """Measure PROGRAM: compile time cold and from cache, forward and gradient time over all rows."""
+    """Measure PROGRAM: compile time cold and from cache; forward, gradient, one-direction
+    derivative (forward mode) and Hessian-vector product times over all rows."""
     import json
 
     from . import commands, render

@@ -86,13 +86,25 @@ class GradReport:
     non_finite: DlangError | None = None  # where a non-finite loss or gradient came from
 
 
+GRAD_MODES = ("reverse", "forward")
+
+
 def grad(program_path: str, data_path: str | None = None, params_path: str | None = None,
-         options: "RunOptions | list[str] | None" = None, check: bool = False) -> GradReport:
-    """The mean loss over the rows and its gradient; with check, finite differences beside it."""
+         options: "RunOptions | list[str] | None" = None, check: bool = False, mode: str = "reverse") -> GradReport:
+    """The mean loss over the rows and its gradient, by reverse mode (one pass whatever the
+    number of params) or forward mode (one pass per few param entries, no tape); with check,
+    finite differences beside it."""
+    from . import derivatives
+
+    if mode not in GRAD_MODES:
+        raise InputError(f"--mode must be one of {', '.join(GRAD_MODES)}, not {mode!r}")
     p = prepare(program_path, data_path, params_path, options)
     require_loss(p.program, "grad")
-    check_tape_fits(p.kernels.adjoint, "grad")
-    loss, grads = p.kernels.grad(p.data, p.params, p.rows)
+    if mode == "forward":
+        loss, grads = derivatives.forward_gradient(p.kernels, p.data, p.params, p.rows)
+    else:
+        check_tape_fits(p.kernels.adjoint, "grad")
+        loss, grads = p.kernels.grad(p.data, p.params, p.rows)
     origin = None
     bad = [name for name, g in grads.items() if not np.all(np.isfinite(g))]
     if not np.isfinite(loss) or bad:
@@ -104,6 +116,104 @@ def grad(program_path: str, data_path: str | None = None, params_path: str | Non
         fd = finite_differences(lambda q: p.kernels.loss(p.data, q, p.rows), p.params)
         comparison = compare(grads, fd, loss)
     return GradReport(p.program, loss, p.params, grads, p.data.shape[0], comparison, origin)
+
+
+HESSIAN_MAX_ENTRIES = 2000  # a full Hessian of more param entries is not printed: use --direction
+
+
+@dataclass
+class HessianReport:
+    program: Program
+    loss: float
+    params: dict
+    grads: dict
+    rows: int
+    names: list[str] | None = None       # the param entries: the Hessian's rows and columns
+    hessian: np.ndarray | None = None    # entries x entries (without --direction)
+    direction: dict | None = None        # --direction: the direction, params-shaped
+    hvp: dict | None = None              # ... and the Hessian times it, params-shaped
+    check: "HessianCheck | None" = None
+
+
+@dataclass
+class HessianCheck:
+    fd: np.ndarray          # central differences of the gradient: the Hessian's columns, or H v
+    rel_error: float        # the largest relative error
+    where: str              # the entry (row, column) or param where it is
+    passed: bool
+
+
+HESSIAN_REL_TOL = 1e-5
+HESSIAN_FLOOR = 1e-3  # an entry is compared relative to at least this fraction of the largest
+
+
+def hessian(program_path: str, data_path: str | None = None, params_path: str | None = None,
+            options: "RunOptions | list[str] | None" = None, direction_path: str | None = None,
+            check: bool = False) -> HessianReport:
+    """The mean loss, its gradient and its Hessian (forward over reverse), or with a direction
+    file the Hessian times that direction; with check, central differences of the gradient."""
+    from . import derivatives
+
+    p = prepare(program_path, data_path, params_path, options)
+    require_loss(p.program, "differentiate twice")
+    check_tape_fits(p.kernels.adjoint, "hessian")
+    program = p.program
+    total = derivatives.entries(program)
+    if direction_path is not None:
+        zeros = {q.name: (np.zeros(q.type.shape) if q.type.shape else 0.0) for q in program.params}
+        direction = load_params(program, direction_path, start=zeros)
+        loss, grads, (product,) = derivatives.hvp(p.kernels, p.data, p.params, [direction], p.rows)
+        report = HessianReport(program, loss, p.params, grads, p.data.shape[0], direction=direction, hvp=product)
+        if check:
+            x = derivatives.flatten(program, p.params)
+            v = derivatives.flatten(program, direction)
+            fd = _gradient_difference(p, x, v)
+            got = derivatives.flatten(program, product)
+            report.check = _hessian_check(got, fd, derivatives.entry_names(program))
+        return report
+    if total > HESSIAN_MAX_ENTRIES:
+        raise InputError(Diagnostic(f"the program has {total:,} param entries, and a Hessian of more than "
+                                    f"{HESSIAN_MAX_ENTRIES:,} is not printed in full",
+                                    None, program.source_path,
+                                    "give --direction FILE (a params-shaped JSON file) for the Hessian times "
+                                    "that direction"))
+    loss, grads, h, names = derivatives.hessian(p.kernels, p.data, p.params, p.rows)
+    report = HessianReport(program, loss, p.params, grads, p.data.shape[0], names, h)
+    if check:
+        x = derivatives.flatten(program, p.params)
+        fd = np.zeros_like(h)
+        for j in range(total):
+            e = np.zeros(total)
+            e[j] = 1.0
+            fd[:, j] = _gradient_difference(p, x, e)
+        labels = [f"({a}, {b})" for a in names for b in names]
+        report.check = _hessian_check(h.ravel(), fd.ravel(), labels)
+        report.check.fd = fd
+    return report
+
+
+def _gradient_difference(p: Prepared, x: np.ndarray, v: np.ndarray, step: float = 1e-5) -> np.ndarray:
+    """(g(x + h v) - g(x - h v)) / 2h for the compiled gradient g: H v by central differences."""
+    from . import derivatives
+
+    h = step * max(1.0, float(np.max(np.abs(x[v != 0])))) / max(1e-300, float(np.max(np.abs(v)))) if v.any() else 0.0
+    if h == 0.0:
+        return np.zeros_like(x)
+    plus = p.kernels.grad(p.data, derivatives.unflatten(p.program, x + h * v), p.rows)[1]
+    minus = p.kernels.grad(p.data, derivatives.unflatten(p.program, x - h * v), p.rows)[1]
+    return (derivatives.flatten(p.program, plus) - derivatives.flatten(p.program, minus)) / (2.0 * h)
+
+
+def _hessian_check(got: np.ndarray, fd: np.ndarray, labels: list[str]) -> HessianCheck:
+    """Relative errors, each entry against at least HESSIAN_FLOOR of the largest entry."""
+    scale = max(float(np.max(np.abs(got), initial=0.0)), float(np.max(np.abs(fd), initial=0.0)))
+    if scale == 0.0 or not np.all(np.isfinite(got)) or not np.all(np.isfinite(fd)):
+        bad = ~(np.isfinite(got) & np.isfinite(fd))
+        k = int(np.argmax(bad)) if bad.any() else 0
+        return HessianCheck(fd, float("inf") if bad.any() else 0.0, labels[k] if labels else "", not bad.any())
+    err = np.abs(got - fd) / np.maximum(np.maximum(np.abs(got), np.abs(fd)), HESSIAN_FLOOR * scale)
+    k = int(np.argmax(err))
+    return HessianCheck(fd, float(err[k]), labels[k], bool(err[k] <= HESSIAN_REL_TOL))
 
 
 def default_out(program_path: str) -> str:
@@ -212,6 +322,8 @@ class BenchReport:
     threads: int
     tape_bytes_per_row: float
     repeat: int
+    jvp_ms: float | None = None  # the loss and its derivative along one direction (forward mode)
+    hvp_ms: float | None = None  # the loss, its gradient and one Hessian-vector product
 
     @property
     def grad_over_forward(self) -> float:
@@ -220,8 +332,8 @@ class BenchReport:
     def as_json(self) -> dict:
         return {"compile_cold_s": self.compile_cold_s, "compile_cached_s": self.compile_cached_s,
                 "forward_ms": self.forward_ms, "grad_ms": self.grad_ms,
-                "grad_over_forward": self.grad_over_forward, "rows": self.rows, "threads": self.threads,
-                "tape_bytes_per_row": self.tape_bytes_per_row}
+                "grad_over_forward": self.grad_over_forward, "jvp_ms": self.jvp_ms, "hvp_ms": self.hvp_ms,
+                "rows": self.rows, "threads": self.threads, "tape_bytes_per_row": self.tape_bytes_per_row}
 
 
 _COMPILE_PROBE = """
@@ -290,15 +402,24 @@ def bench(program_path: str, data_path: str | None, params_path: str | None,
                 str(options.max_iterations), "1" if options.drop_bad_rows else "0"]
         cold = _compile_seconds(args, env)
         cached = _compile_seconds(args, env)
-    p.kernels.loss(p.data, p.params)  # warm-up
-    p.kernels.grad(p.data, p.params)
-    forward, grad = [], []
+    from . import derivatives
+
+    direction = {name: np.ones_like(v) if np.ndim(v) else 1.0 for name, v in p.params.items()}
+    tangent = derivatives.derived(p.kernels, "forward", 1)
+    jvp_args = {**p.params, **derivatives.direction_args(tangent, p.program, [derivatives.flatten(p.program, direction)])}
+    timed = {"forward": lambda: p.kernels.loss(p.data, p.params),
+             "grad": lambda: p.kernels.gradient(p.data, p.params),
+             "jvp": lambda: tangent.gradient(p.data, jvp_args),
+             "hvp": lambda: derivatives.hvp(p.kernels, p.data, p.params, [direction])}
+    seconds: dict = {name: [] for name in timed}
+    for fn in timed.values():  # warm-up (and compiling the derived kernels)
+        fn()
     for _ in range(repeat):
-        start = time.perf_counter()
-        p.kernels.loss(p.data, p.params)
-        forward.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        result = p.kernels.gradient(p.data, p.params)
-        grad.append(time.perf_counter() - start)
-    return BenchReport(cold, cached, 1e3 * statistics.median(forward), 1e3 * statistics.median(grad),
-                       p.data.shape[0], used, result.tape_bytes_per_row, repeat)
+        for name, fn in timed.items():
+            start = time.perf_counter()
+            fn()
+            seconds[name].append(time.perf_counter() - start)
+    result = p.kernels.gradient(p.data, p.params)
+    ms = {name: 1e3 * statistics.median(s) for name, s in seconds.items()}
+    return BenchReport(cold, cached, ms["forward"], ms["grad"], p.data.shape[0], used, result.tape_bytes_per_row,
+                       repeat, ms["jvp"], ms["hvp"])

@@ -73,7 +73,7 @@ def derived(kernels: Kernels, mode: str, directions: int) -> Kernels:
     return kernels.derived[key]
 
 
-def _direction_args(derived_kernels: Kernels, program: Program, vectors: list[np.ndarray]) -> dict:
+def direction_args(derived_kernels: Kernels, program: Program, vectors: list[np.ndarray]) -> dict:
     """The direction params dot1_NAME ... dotK_NAME of a derived program, from K entry vectors."""
     names = [p.name for p in derived_kernels.program.params[len(program.params):]]
     args, n = {}, len(program.params)
@@ -83,11 +83,20 @@ def _direction_args(derived_kernels: Kernels, program: Program, vectors: list[np
     return args
 
 
-def _one_hot_batches(total: int, k: int):
-    """Batches of k entry indices (the last one padded with None)."""
-    for start in range(0, total, k):
-        batch = list(range(start, min(start + k, total)))
-        yield batch + [None] * (k - len(batch))
+def _one_hot_batches(kernels: Kernels, fwd: Kernels, k: int) -> list[tuple[list, dict]]:
+    """The param entries in batches of k (the last padded with None), each with its one-hot
+    direction params: made once per derived kernels."""
+    key = ("one-hot", k)
+    if key not in kernels.derived:
+        program = kernels.program
+        total = entries(program)
+        batches = []
+        for start in range(0, total, k):
+            batch = list(range(start, min(start + k, total)))
+            batch += [None] * (k - len(batch))
+            batches.append((batch, direction_args(fwd, program, [_one_hot(total, i) for i in batch])))
+        kernels.derived[key] = batches
+    return kernels.derived[key]
 
 
 def _one_hot(total: int, index: int | None) -> np.ndarray:
@@ -107,8 +116,7 @@ def forward_gradient(kernels: Kernels, data: np.ndarray, params: dict, rows=None
     fwd = derived(kernels, "forward", k)
     grad = np.zeros(total)
     loss = None
-    for batch in _one_hot_batches(total, k):
-        args = _direction_args(fwd, program, [_one_hot(total, i) for i in batch])
+    for batch, args in _one_hot_batches(kernels, fwd, k):
         result = fwd.gradient(data, {**params, **args}, rows)
         loss = result.loss if loss is None else loss
         grad += flatten(program, result.grads)
@@ -138,8 +146,7 @@ def jacobian(kernels: Kernels, data: np.ndarray, params: dict, rows=None) -> Jac
         return Jacobian([], losses, outs, d_losses, d_outputs)
     k = directions_for(kernels)
     fwd = derived(kernels, "forward", k)
-    for batch in _one_hot_batches(total, k):
-        args = _direction_args(fwd, program, [_one_hot(total, i) for i in batch])
+    for batch, args in _one_hot_batches(kernels, fwd, k):
         _, columns = fwd.forward_rows(data, {**params, **args}, rows)
         for j, index in enumerate(batch):
             if index is None:
@@ -158,7 +165,7 @@ def hvp(kernels: Kernels, data: np.ndarray, params: dict, directions: list[dict]
         loss, grads = kernels.grad(data, params, rows)
         return loss, grads, []
     second = derived(kernels, "hvp", len(directions))
-    args = _direction_args(second, program, [flatten(program, d) for d in directions])
+    args = direction_args(second, program, [flatten(program, d) for d in directions])
     result = second.gradient(data, {**params, **args}, rows)
     grads = {p.name: result.grads[p.name] for p in program.params}
     names = list(args)
@@ -179,7 +186,8 @@ def hessian(kernels: Kernels, data: np.ndarray, params: dict, rows=None):
     k = directions_for(kernels)
     h = np.zeros((total, total))
     loss = grads = None
-    for batch in _one_hot_batches(total, k):
+    second = derived(kernels, "hvp", k)
+    for batch, _ in _one_hot_batches(kernels, second, k):
         loss_b, grads_b, products = hvp(kernels, data, params, [unflatten(program, _one_hot(total, i)) for i in batch],
                                         rows)
         if loss is None:

@@ -17,9 +17,10 @@ def _error(path: str, message: str, span: Span | None = None, source: str | None
     return InputError(Diagnostic(message, span, path), source)
 
 
-def load_params(program: Program, path: str | None, seed: int = 0) -> dict:
-    """The starting params, with the values the file gives (a param it omits keeps its start)."""
-    params = initial_params(program, seed)
+def load_params(program: Program, path: str | None, seed: int = 0, start: dict | None = None) -> dict:
+    """The starting params, with the values the file gives (a param it omits keeps its start:
+    `start`'s value, else its declared init)."""
+    params = initial_params(program, seed) if start is None else dict(start)
     if path is None:
         return params
     if os.path.isdir(path):

@@ -160,6 +160,86 @@ def grad_json(report) -> str:
     return json.dumps(out)
 
 
+# ---- dlang hessian ----------------------------------------------------------------------------
+
+HESSIAN_SHOWN = 12  # a Hessian with more entries is summarised on the terminal (--json prints it all)
+
+
+def hessian_json(report) -> str:
+    """{"loss", "grad", "names", "hessian"}, or {"loss", "grad", "hvp"} with --direction; with
+    --check also "check": {"passed", "rel_error", "where", "fd"}."""
+    import json
+
+    out = {"loss": _json_number(report.loss), "grad": {k: _json_value(v) for k, v in report.grads.items()}}
+    if report.hvp is not None:
+        out["hvp"] = {k: _json_value(v) for k, v in report.hvp.items()}
+    else:
+        out["names"] = list(report.names)
+        out["hessian"] = _json_value(report.hessian)
+    if report.check:
+        fd = report.check.fd
+        if report.hvp is not None:
+            from .derivatives import unflatten
+
+            fd = {k: _json_value(v) for k, v in unflatten(report.program, fd).items()}
+        else:
+            fd = _json_value(fd)
+        out["check"] = {"passed": report.check.passed, "rel_error": _json_number(report.check.rel_error),
+                        "where": report.check.where, "fd": fd}
+    return json.dumps(out)
+
+
+def show_hessian(report) -> None:
+    import numpy as np
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"loss {_num(report.loss)} (mean over {report.rows} row{'s' * (report.rows != 1)})")
+    if not report.program.params:
+        console.print("the program has no params")
+        return
+    if report.hvp is not None:
+        table = Table()
+        for col, style in (("param", "cyan"), ("value", None), ("gradient", None), ("direction", None),
+                           ("Hessian x direction", "bold")):
+            table.add_column(col, style=style, justify="left" if col == "param" else "right")
+        for p in report.program.params:
+            table.add_row(p.name, _value_text(report.params[p.name]), _value_text(report.grads[p.name]),
+                          _value_text(report.direction[p.name]), _value_text(report.hvp[p.name]))
+        console.print(table)
+    else:
+        h, names = report.hessian, report.names
+        if len(names) <= HESSIAN_SHOWN:
+            table = Table(title="Hessian: d2 loss / d row d column")
+            table.add_column("", style="cyan", no_wrap=True)
+            for name in names:
+                table.add_column(name, justify="right")
+            for name, row in zip(names, h):
+                table.add_row(name, *(f"{v:.6g}" for v in row))
+            console.print(table)
+        else:
+            console.print(f"Hessian of {len(names):,} x {len(names):,} param entries (--json prints it in full)")
+        if np.all(np.isfinite(h)) and h.size:
+            sym = (h + h.T) / 2
+            eig = np.linalg.eigvalsh(sym)
+            asym = float(np.max(np.abs(h - h.T))) / max(1e-300, float(np.max(np.abs(h))))
+            console.print(f"eigenvalues from {eig[0]:.6g} to {eig[-1]:.6g}"
+                          + ("" if eig[0] > 0 else " (not positive definite)")
+                          + f"; largest asymmetry {asym:.1e} of the largest entry", highlight=False)
+    if report.check:
+        from .commands import HESSIAN_REL_TOL
+
+        c = report.check
+        if c.passed:
+            console.print(f"[bold green]Hessian check passed[/]: largest relative error {c.rel_error:.1e} at "
+                          f"{c.where} (tolerance {HESSIAN_REL_TOL:.0e}, against central differences of the gradient)",
+                          highlight=False)
+        else:
+            console.print(f"[bold red]Hessian check FAILED[/]: relative error {c.rel_error:.1e} at {c.where} "
+                          f"(tolerance {HESSIAN_REL_TOL:.0e}, against central differences of the gradient)",
+                          highlight=False)
+
+
 # ---- dlang train ------------------------------------------------------------------------------
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
@@ -327,6 +407,8 @@ def show_bench(report) -> None:
         (f"forward, {_count(report.rows, 'row')} (median of {report.repeat})", f"{report.forward_ms:.3f} ms"),
         (f"loss + gradient, {_count(report.rows, 'row')}", f"{report.grad_ms:.3f} ms"),
         ("gradient / forward", f"{report.grad_over_forward:.2f}x"),
+        ("derivative along one direction (forward mode)", f"{report.jvp_ms:.3f} ms"),
+        ("Hessian-vector product (forward over reverse)", f"{report.hvp_ms:.3f} ms"),
         ("rows per second (gradient)", f"{rows_per_s:,.0f}"),
         ("threads", str(report.threads)),
         ("tape per row", f"{report.tape_bytes_per_row:,.0f} bytes"),

@@ -5,7 +5,7 @@ import json
 
 from conftest import PROGRAMS
 
-KEYS = {"compile_cold_s", "compile_cached_s", "forward_ms", "grad_ms", "grad_over_forward", "rows", "threads",
+KEYS = {"compile_cold_s", "compile_cached_s", "forward_ms", "grad_ms", "grad_over_forward", "jvp_ms", "hvp_ms", "rows", "threads",
         "tape_bytes_per_row"}
 
 

@@ -25,6 +25,7 @@ from dlang.reverse import reverse_ad
 from dlang.verify import verify
 
 from conftest import ROOT
+from forward_helpers import forward_gradient_interpreted, hvp_interpreted
 from test_ad import assert_grads_close, richardson_fd
 
 STRUCTURAL = {"push", "pop", "seal", "sweep"}  # tested by test_second_order.py and the verifier tests
@@ -206,6 +207,35 @@ def test_kernel_matches_the_interpreter_and_derivative_matches_finite_difference
             np.testing.assert_allclose(mine[name], interpreted[name], rtol=1e-11, atol=1e-13)
         if not REGISTRY[op].differentiable:
             assert all(np.all(np.asarray(mine[n]) == 0.0) for n in mine if _only_through(b, op, n))
+
+
+@pytest.mark.parametrize("op", sorted(set(REGISTRY) - STRUCTURAL))
+def test_forward_mode_and_hessian_vector_products_of_every_op(op):
+    """The JVP rule against the VJP rule (the compiled reverse-mode gradient) and finite
+    differences; forward over reverse (H v) against central differences of the gradient."""
+    b, prog = _walk(op)
+    kernels = compile_kernels(prog)
+    values = b.values()
+    data = np.zeros((1, 0))
+    rng = np.random.default_rng(len(op))
+    for shift in (0.0, 0.07, -0.05):  # several points per case
+        params = {k: v + shift for k, v in values.items()}
+        loss, reverse = kernels.grad(data, params)
+        fwd_loss, forward = forward_gradient_interpreted(prog, [{}], params)
+        assert fwd_loss == pytest.approx(loss, rel=1e-12, abs=1e-14)
+        mine = {name: forward[name] for name in b.cases[op]}
+        for name in mine:
+            assert_grads_close({name: mine[name]}, {name: reverse[name]}, rel=1e-12, what=f"{op} forward vs reverse")
+        fd = richardson_fd(lambda q: kernels.loss(data, {**params, **q}), {n: params[n] for n in mine})
+        assert_grads_close(mine, fd, rel=1e-6, what=f"{op} forward mode (shift {shift})")
+        direction = {k: rng.standard_normal(np.shape(v)) if np.ndim(v) else float(rng.standard_normal())
+                     for k, v in params.items()}
+        _, grads, hv = hvp_interpreted(prog, [{}], params, direction)
+        h = 1e-5
+        plus = kernels.grad(data, {k: params[k] + h * direction[k] for k in params})[1]
+        minus = kernels.grad(data, {k: params[k] - h * direction[k] for k in params})[1]
+        cd = {k: (np.asarray(plus[k]) - np.asarray(minus[k])) / (2 * h) for k in mine}
+        assert_grads_close({k: hv[k] for k in mine}, cd, rel=1e-5, what=f"{op} H v (shift {shift})")
 
 
 def _only_through(b: _Builder, op: str, name: str) -> bool:
