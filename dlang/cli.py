@@ -55,10 +55,14 @@ def check(program: ProgramArg, const: ConstOpt = None) -> None:
     from .frontend import load_program
     from .render import summary
 
+    from .commands import event_warnings
+
     prog = load_program(program, const)
     typer.echo(summary(program, prog))
     if not prog.has_loss:
         typer.echo(f"{program}: warning: no loss statement, so grad and train have nothing to fit", err=True)
+    for warning in event_warnings(prog):
+        typer.echo(warning.render(), err=True)
 
 
 @app.command()
@@ -115,6 +119,11 @@ class Mode(str, Enum):
     forward = "forward"
 
 
+class Events(str, Enum):
+    exact = "exact"
+    auto = "auto"
+
+
 @app.command()
 def grad(
     program: ProgramArg,
@@ -126,6 +135,9 @@ def grad(
     mode: Annotated[Mode, typer.Option(help="reverse: one pass over the data whatever the number of params; "
                                             "forward: one pass per few param entries and no tape, faster for "
                                             "long loops with few params (see docs/modes.md).")] = Mode.reverse,
+    events: Annotated[Events, typer.Option(help="exact: the gradient of the program as written; auto: also the "
+                                                "gradient that sees where conditions of time-stepping loops switch "
+                                                "(what train uses; see docs/events.md).")] = Events.exact,
     const: ConstOpt = None,
     drop_bad_rows: DropOpt = False,
     max_iterations: MaxIterOpt = DEFAULT_MAX_ITERATIONS,
@@ -134,7 +146,7 @@ def grad(
     from . import commands, render
 
     report = commands.grad(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows, _note),
-                           check, Mode(mode).value)
+                           check, Mode(mode).value, Events(events).value)
     if json_out:
         typer.echo(render.grad_json(report))
     else:
@@ -201,6 +213,11 @@ def train(
                                                                        "to this CSV file.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per epoch, then one with the "
                                                           "fitted params.")] = False,
+    events: Annotated[Events, typer.Option(help="auto: where a condition of a time-stepping loop depends on "
+                                                "params (a landing, a bounce, a loop that stops), the optimizer's "
+                                                "gradient sees where it switches; exact: the gradient of the "
+                                                "program as written. Losses and params are the program's either "
+                                                "way (see docs/events.md).")] = Events.auto,
     tol: Annotated[float, typer.Option(help="Stop once the best loss improves by less than this (relative) "
                                             "over --patience epochs; 0 never stops early.")] = 1e-10,
     patience: Annotated[int, typer.Option(help="Epochs over which --tol is judged (adam and sgd).")] = 20,
@@ -227,7 +244,7 @@ def train(
     try:
         with render.TrainProgress(json_out) as progress:
             run = commands.train(program, data, init, run_options, options, out, history, progress.update,
-                                 lambda: interrupted["count"] > 0)
+                                 lambda: interrupted["count"] > 0, Events(events).value)
     finally:
         signal.signal(signal.SIGINT, previous)
     render.show_trained(run, json_out)

@@ -84,13 +84,45 @@ class GradReport:
     rows: int
     check: Comparison | None = None
     non_finite: DlangError | None = None  # where a non-finite loss or gradient came from
+    events_grads: dict | None = None  # --events auto: the gradient that sees the events (what train uses)
 
 
 GRAD_MODES = ("reverse", "forward")
+EVENTS = ("exact", "auto")
+
+
+def _check_events(events: str) -> None:
+    if events not in EVENTS:
+        raise InputError(f"--events must be one of {', '.join(EVENTS)}, not {events!r}")
+
+
+def event_kernels(program: Program, max_iterations: int):
+    """The kernels whose gradient sees the events of the program's time-stepping loops (its
+    values are the program's), or None when the program has no event to correct."""
+    from .events import event_program
+
+    corrected = event_program(program)
+    return None if corrected is None else pipeline.compile_kernels(corrected, max_iterations)
+
+
+def _warn(program: Program, options: RunOptions) -> None:
+    if options.on_note:
+        for w in event_warnings(program):
+            options.on_note(w.render())
+
+
+def event_warnings(program: Program) -> list:
+    """Warnings about conditions that depend on params (dlang.events.warnings)."""
+    from .errors import source_text
+    from .events import warnings
+
+    found = warnings(program, program.source_path)
+    return [DlangError(d, source_text(program.source_path)) for d in found]
 
 
 def grad(program_path: str, data_path: str | None = None, params_path: str | None = None,
-         options: "RunOptions | list[str] | None" = None, check: bool = False, mode: str = "reverse") -> GradReport:
+         options: "RunOptions | list[str] | None" = None, check: bool = False, mode: str = "reverse",
+         events: str = "exact") -> GradReport:
     """The mean loss over the rows and its gradient, by reverse mode (one pass whatever the
     number of params) or forward mode (one pass per few param entries, no tape); with check,
     finite differences beside it."""
@@ -98,8 +130,10 @@ def grad(program_path: str, data_path: str | None = None, params_path: str | Non
 
     if mode not in GRAD_MODES:
         raise InputError(f"--mode must be one of {', '.join(GRAD_MODES)}, not {mode!r}")
+    _check_events(events)
     p = prepare(program_path, data_path, params_path, options)
     require_loss(p.program, "grad")
+    _warn(p.program, _options(options))
     if mode == "forward":
         loss, grads = derivatives.forward_gradient(p.kernels, p.data, p.params, p.rows)
     else:
@@ -115,7 +149,11 @@ def grad(program_path: str, data_path: str | None = None, params_path: str | Non
     if check:
         fd = finite_differences(lambda q: p.kernels.loss(p.data, q, p.rows), p.params)
         comparison = compare(grads, fd, loss)
-    return GradReport(p.program, loss, p.params, grads, p.data.shape[0], comparison, origin)
+    events_grads = None
+    if events == "auto":
+        corrected = event_kernels(p.program, _options(options).max_iterations)
+        events_grads = grads if corrected is None else corrected.grad(p.data, p.params, p.rows)[1]
+    return GradReport(p.program, loss, p.params, grads, p.data.shape[0], comparison, origin, events_grads)
 
 
 HESSIAN_MAX_ENTRIES = 2000  # a full Hessian of more param entries is not printed: use --direction
@@ -232,14 +270,17 @@ class TrainRun:
 
 def train(program_path: str, data_path: str | None, init_path: str | None,
           run_options: "RunOptions | list[str] | None", options, out_path: str | None, history_path: str | None,
-          on_epoch=None, should_stop=lambda: False) -> TrainRun:
-    """Fit the params; write the best ones to out_path (atomically) however training ends."""
+          on_epoch=None, should_stop=lambda: False, events: str = "auto") -> TrainRun:
+    """Fit the params; write the best ones to out_path (atomically) however training ends.
+    With events "auto", the optimizer's gradient sees the events of time-stepping loops
+    (dlang.events) where the program has any; every loss it reports is the program's."""
     from .train import Trainer
 
     run_options = _options(run_options)
     program, datafile = load_inputs(program_path, data_path, run_options)
     data = datafile.matrix
     require_loss(program, "train")
+    _warn(program, run_options)
     params = load_params(program, init_path, options.seed)
     out = out_path or default_out(program_path)
     _check_writable(out, "--out")
@@ -247,7 +288,11 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
         _check_writable(history_path, "--history")
     kernels = pipeline.compile_kernels(program, run_options.max_iterations)
     check_tape_fits(kernels.adjoint, "train")
-    trainer = Trainer(kernels, data, params, options, datafile.rows)
+    _check_events(events)
+    gradient = event_kernels(program, run_options.max_iterations) if events == "auto" else None
+    if gradient is not None:
+        check_tape_fits(gradient.adjoint, "train")
+    trainer = Trainer(kernels, data, params, options, datafile.rows, gradient)
     finished = written = False
     try:
         result = trainer.run(on_epoch, should_stop)

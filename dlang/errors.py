@@ -29,13 +29,14 @@ class Diagnostic:
     span: Span | None = None
     path: str | None = None
     note: str | None = None
+    severity: str = "error"  # or "warning": said, and the command goes on
 
     def render(self, source: str | None) -> str:
         """file:line:col: error: sentence, then the source line with a caret."""
         where = self.path or "dlang"
         if self.span is not None:
             where += f":{self.span.line}:{self.span.col}"
-        lines = [f"{where}: error: {self.message}"]
+        lines = [f"{where}: {self.severity}: {self.message}"]
         if self.span is not None and source is not None:
             lines += _excerpt(source, self.span)
         if self.note:

@@ -240,7 +240,9 @@ def _fault(kernels: Kernels, what: str, line: int, col: int, row: int | None) ->
         note = "raise the cap with --max-iterations if the loop really needs more steps"
     path = kernels.program.source_path
     span = span_at((line, col)) if line else None
-    return RuntimeFault(Diagnostic(message, span, path, note), source_text(path))
+    fault = RuntimeFault(Diagnostic(message, span, path, note), source_text(path))
+    fault.kind = what  # "index", "while" or "tape"
+    return fault
 
 
 class _Timed:

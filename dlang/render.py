@@ -107,12 +107,16 @@ def show_grad(report) -> None:
     table.add_column("shape", style="yellow")
     table.add_column("value", justify="right")
     table.add_column("gradient", justify="right", style="bold")
+    if report.events_grads is not None:
+        table.add_column("seeing events", justify="right", style="bold")
     if report.check:
         table.add_column("finite diff", justify="right")
         table.add_column("rel. error", justify="right")
     for p in report.program.params:
         shape = "[" + ", ".join(map(str, p.type.shape)) + "]" if p.type.shape else "scalar"
         cells = [p.name, shape, _value_text(report.params[p.name]), _value_text(report.grads[p.name])]
+        if report.events_grads is not None:
+            cells.append(_value_text(report.events_grads[p.name]))
         if report.check:
             err = report.check.rel_error[p.name]
             cells += [_value_text(report.check.fd[p.name]), f"{err:.1e}"]
@@ -153,6 +157,8 @@ def grad_json(report) -> str:
     import json
 
     out = {"loss": _json_number(report.loss), "grad": {k: _json_value(v) for k, v in report.grads.items()}}
+    if report.events_grads is not None:
+        out["events_grad"] = {k: _json_value(v) for k, v in report.events_grads.items()}
     if report.check:
         out["check"] = {"passed": report.check.passed,
                         "fd": {k: _json_value(v) for k, v in report.check.fd.items()},

@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, RuntimeFault
 from .kernels import Kernels
 
 OPTIMIZERS = ("lbfgs", "adam", "sgd")
@@ -128,8 +128,12 @@ class Trainer:
     """Fits params; `run` reports each epoch to on_epoch and checks should_stop between batches."""
 
     def __init__(self, kernels: Kernels, data: np.ndarray, params: dict, options: TrainOptions,
-                 row_labels: np.ndarray | None = None):
+                 row_labels: np.ndarray | None = None, gradient: Kernels | None = None):
         self.kernels = kernels
+        # what the optimizer minimizes: the program's loss, or the loss of its event program
+        # (dlang.events: continuous where the program's is a staircase). Every loss reported,
+        # and the choice of the best params, is the program's own.
+        self.objective = kernels if gradient is None else gradient
         self.data = data
         # the row numbers a user sees (the file's), for faults: a batch's rows keep theirs
         self.row_labels = np.arange(1, data.shape[0] + 1) if row_labels is None else np.asarray(row_labels)
@@ -146,7 +150,7 @@ class Trainer:
 
     def loss_and_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
         data, labels = (self.data, self.row_labels) if rows is None else (self.data[rows], self.row_labels[rows])
-        loss, grads = self.kernels.grad(data, self.flat.unpack(x), labels)
+        loss, grads = self.objective.grad(data, self.flat.unpack(x), labels)
         g = self.flat.pack(grads)
         if not math.isfinite(loss) or not np.all(np.isfinite(g)):
             names = self.flat.non_finite(g) or self.flat.names
@@ -155,7 +159,16 @@ class Trainer:
         return loss, g
 
     def full_loss(self, x: np.ndarray) -> float:
+        """The program's mean loss over all rows (what is reported)."""
         return self.kernels.loss(self.data, self.flat.unpack(x), self.row_labels)
+
+    def objective_loss(self, x: np.ndarray) -> float:
+        """The mean loss the optimizer minimizes (the program's, or its event program's)."""
+        return self.objective.loss(self.data, self.flat.unpack(x), self.row_labels)
+
+    def reported(self, x: np.ndarray, objective: float) -> float:
+        """The program's loss at x, given the objective's there (the same when they are one)."""
+        return objective if self.objective is self.kernels else self.full_loss(x)
 
     def note(self, epoch: int, x: np.ndarray, loss: float, grad_norm: float, rows: int, seconds: float,
              on_epoch) -> Epoch:
@@ -253,7 +266,7 @@ class Trainer:
         o = self.options
         x = self.x
         f, g = self.loss_and_grad(x)
-        self.best_loss, self.best_x = f, x.copy()
+        self.best_loss, self.best_x = self.reported(x, f), x.copy()
         memory: list[tuple[np.ndarray, np.ndarray, float]] = []
         stalled = 0
         for epoch in range(1, o.epochs + 1):
@@ -273,7 +286,12 @@ class Trainer:
                     return "interrupted", "interrupted"
                 trial = x + step * d
                 evaluations += 1
-                f_new = self.full_loss(trial)
+                try:
+                    f_new = self.objective_loss(trial)
+                except RuntimeFault as fault:  # a while loop that never stops there: a step too far
+                    if not _step_too_far(fault):
+                        raise
+                    f_new = math.inf
                 if not math.isfinite(f_new):
                     step *= 0.25
                     continue
@@ -294,7 +312,7 @@ class Trainer:
             improvement = f - f_new
             x, f, g = trial, f_new, g_new
             self.x = x
-            self.note(epoch, x, f, float(np.linalg.norm(g)), evaluations * self.rows,
+            self.note(epoch, x, self.reported(x, f), float(np.linalg.norm(g)), evaluations * self.rows,
                       time.perf_counter() - start, on_epoch)
             stalled = stalled + 1 if improvement <= o.tol * max(1.0, abs(f)) else 0
             if o.tol > 0 and stalled >= 3:
@@ -317,6 +335,12 @@ class Trainer:
             b = rho * float(y @ q)
             q += (a - b) * s
         return -q
+
+
+def _step_too_far(fault: RuntimeFault) -> bool:
+    """A fault a trial point of the line search may cause (a while loop past its cap: a
+    simulator whose params went where it never stops), as opposed to a bug in the program."""
+    return getattr(fault, "kind", None) == "while"
 
 
 class _Interrupted(Exception):

@@ -235,6 +235,7 @@ def test_forward_mode_and_hessian_vector_products_of_every_op(op):
         plus = kernels.grad(data, {k: params[k] + h * direction[k] for k in params})[1]
         minus = kernels.grad(data, {k: params[k] - h * direction[k] for k in params})[1]
         cd = {k: (np.asarray(plus[k]) - np.asarray(minus[k])) / (2 * h) for k in mine}
+
         assert_grads_close({k: hv[k] for k in mine}, cd, rel=1e-5, what=f"{op} H v (shift {shift})")
 
 
