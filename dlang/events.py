@@ -368,7 +368,7 @@ class _Events:
     def propagate(self, loop, carried: int):
         """Carry a shift of each of the loop's first `carried` float values: the body's tangent
         along it (forward mode), plus the event shifts where they arise."""
-        from .forward import _Forward
+        from .forward import Forward
 
         b = self.b
         body = loop.body
@@ -379,7 +379,7 @@ class _Events:
         wanted = tuple(body.results[k] for k in slots)
         program = Program((), (), (), (), Block(body.params, body.eqns, body.results))
         margin_vars = tuple(m for m, _ in self.margin_shifts)  # their tangents are wanted too
-        fwd = _Forward(program, 1, {v.id: [d] for v, d in zip(state, deltas)}, wanted + margin_vars, b.next_id)
+        fwd = Forward(program, 1, {v.id: [d] for v, d in zip(state, deltas)}, wanted + margin_vars, b.next_id)
         marks = {id(stmt): pairs for stmt, pairs in self.shifts}
         margins = {m.id: shift for m, shift in self.margin_shifts}
         for st in body.eqns:
@@ -485,13 +485,13 @@ class _Events:
         b = self.b
 
         def jvp():
-            from .forward import _Forward
+            from .forward import Forward
 
             if not _straight(branch) or not free:
                 return [ZERO] * len(slots)
             dz = {z.id: [b.op("sub", z, zp)] for z, zp in zip(free, z1)}
             program = Program((), (), (), (), Block((), branch.eqns, branch.results))
-            fwd = _Forward(program, 1, dz, branch.results, b.next_id)
+            fwd = Forward(program, 1, dz, branch.results, b.next_id)
             fwd.top(program.body)
             primal = {id(e) for e in branch.eqns}
             b.stmts.extend(st for st in fwd.stmts if id(st) not in primal)

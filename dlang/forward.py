@@ -36,7 +36,7 @@ from .ir import (F64, Atom, Block, Eqn, ForLoop, IfElse, Lit, ParamInput, Progra
 from .prims import REGISTRY, MissingRule, evaluate, result_type
 
 
-class _Forward:
+class Forward:
     """The tangent transformation of one program's body."""
 
     def __init__(self, program: Program, directions: int, seeds: dict[int, list], wanted: tuple[Atom, ...],
@@ -260,7 +260,7 @@ def jvp_program(program: Program, directions: int = 1) -> Program:
     inputs, dvars, seeds, next_id = _seeded(program, directions)
     n_out = 1 + len(program.outputs)
     wanted = program.body.results[:n_out]
-    fwd = _Forward(program, directions, seeds, wanted, next_id)
+    fwd = Forward(program, directions, seeds, wanted, next_id)
     fwd.top(program.body)
     extra = []
     for k in range(directions):
@@ -286,7 +286,7 @@ def forward_gradient_program(program: Program, directions: int) -> Program:
         raise ValueError("forward_gradient_program takes a program, not a gradient program")
     inputs, dvars, seeds, next_id = _seeded(program, directions)
     loss = program.body.results[0]
-    fwd = _Forward(program, directions, seeds, (loss,), next_id)
+    fwd = Forward(program, directions, seeds, (loss,), next_id)
     fwd.top(program.body)
     slopes = fwd.tangents(loss)
     n = len(program.params)
@@ -313,7 +313,7 @@ def hvp_program(program: Program, directions: int = 1) -> Program:
     adjoint = reverse_ad(program)
     inputs, dvars, seeds, next_id = _seeded(adjoint, directions)
     grads = adjoint.body.results[1:]
-    fwd = _Forward(adjoint, directions, seeds, grads, next_id)
+    fwd = Forward(adjoint, directions, seeds, grads, next_id)
     fwd.top(adjoint.body)
     products = [fwd.materialized(fwd.tangents(g)[k], g.type) for k in range(directions) for g in grads]
     body = Block(adjoint.body.params + tuple(dvars), tuple(fwd.stmts), adjoint.body.results + tuple(products))

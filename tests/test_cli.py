@@ -22,7 +22,8 @@ def test_check_prints_a_one_line_summary(run_cli):
     r = run_cli("check", PROJECTILE)
     assert r.code == 0
     assert r.out.strip().splitlines() == [f"{PROJECTILE}: ok (2 params, 2 data inputs, 1 output, 26 IR statements)"]
-    assert r.err == ""
+    # its `if y >= 0.0` depends on the params: said on stderr (docs/events.md)
+    assert r.err.startswith(f"{PROJECTILE}:14:5: warning: this `if` condition depends on 'drag', 'angle'")
 
 
 def test_check_warns_when_there_is_no_loss(run_cli, write_program):
@@ -107,4 +108,5 @@ def test_ctrl_c_outside_training_says_interrupted_and_exits_130(tmp_path):
     if proc.returncode == 0:
         pytest.skip("the command finished before the signal arrived")
     assert proc.returncode == 130, err
-    assert err.strip() == "dlang: interrupted"
+    # (after the warnings about the program's param-dependent `if`s, docs/events.md)
+    assert err.strip().splitlines()[-1] == "dlang: interrupted" and "Traceback" not in err

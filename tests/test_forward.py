@@ -55,6 +55,17 @@ SPECIAL = {
 CASES = [(p.stem, p) for p in GALLERY] + [(name, None) for name in SPECIAL]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fewer_directions_per_pass():
+    """Half the directions per pass a long program gets (Numba compiles the derived kernels of
+    each program here once, cold: compile time is most of this file's time). K > 1 is still
+    exercised by most programs, and by test_a_pass_carries_several_directions."""
+    saved = D.STATEMENTS
+    D.STATEMENTS = 300
+    yield
+    D.STATEMENTS = saved
+
+
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
 def case(request):
     name, path = request.param
