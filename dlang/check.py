@@ -18,6 +18,7 @@ from .consts import INT_MAX, ConstEvaluator
 from .errors import Diagnostic, ProgramError, Span
 from .ir import BOOL, F64, I64, Block, Eqn, ForLoop, IfElse, Lit, Type, Var, WhileLoop
 from .prims import BUILTINS as PRIMITIVE_BUILTINS
+from .prims import builtin_op
 from .prims import OPERATOR_SPELLING, TypeRuleError, result_type
 
 ERR = Type("error")
@@ -758,16 +759,29 @@ class _Checker:
                     self.report(f"{f} needs an array, but this is {describe(a.type)}", node.span)
                     return POISON
         args = [self.to_float(a, e) for a in args]
-        op = PRIMITIVE_BUILTINS[f].name
+        prim = builtin_op(f, len(args))
         try:
-            out = result_type(op, [a.type for a in args], {})
+            if prim.expand is not None:  # a composite: built from other ops, differentiated through them
+                return prim.expand(_Expansion(self, e), *args)
+            out = result_type(prim.name, [a.type for a in args], {})
         except TypeRuleError as err:
             self.report(f"{f}: {err}", e.span)
             return POISON
-        return self.emit(op, args, out, e, hint)
+        return self.emit(prim.name, args, out, e, hint)
 
 
 # ---- helpers -------------------------------------------------------------------------------
+
+class _Expansion:
+    """What a composite builtin's expand(b, ...) builds with: b.op(name, *ins, **params)."""
+
+    def __init__(self, checker: "_Checker", node: n.Node):
+        self.checker, self.node = checker, node
+
+    def op(self, name: str, *ins: ir.Atom, **params) -> ir.Atom:
+        out = result_type(name, [a.type for a in ins], params)
+        return self.checker.emit(name, list(ins), out, self.node, "", **params)
+
 
 def scope_atoms(scope: _Scope, names: list[str]) -> list[ir.Atom]:
     return [scope.locals[k].atom for k in names]

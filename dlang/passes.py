@@ -504,7 +504,11 @@ class _Scalarizer:
             for k, v in enumerate(parts):
                 x[start + k] = v if op == "setindex" else self.emit("add", (x[start + k], v), loc)
             return x
-        raise AssertionError(f"scalarize has no rule for {op} giving an array")
+        # another op (softmax): on its inputs as arrays, its result read element by element
+        whole = self.fresh(out.type, out.hint)
+        self.eqns.append(replace(e, outs=(whole,), ins=tuple(self.array(a, loc) if a.type.shape else self.val(a)
+                                                              for a in e.ins)))
+        return [self.emit("index", (whole, *(Lit(i, I64) for i in idx)), loc) for idx in _cells(out.type)]
 
     def matmul(self, e: Eqn) -> list[Atom]:
         a, b = e.ins

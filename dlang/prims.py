@@ -71,6 +71,7 @@ class Primitive:
     const: bool = False                # a const expression may call it
     checks_index: int | None = None    # the inputs from this one on are indices checked at run time
     structural: bool = False           # tape and sweep markers: handled by the transformations
+    expand: Callable | None = None     # a composite builtin: expand(b, *args) builds it from other ops
     doc: str = ""
 
     @property
@@ -603,12 +604,167 @@ def _recip_of(b, value):
     return b.op("div", ONE, value)
 
 
+# ---- soft relaxations ----------------------------------------------------------------------------------
+
+def _soft_eval(kind: str):
+    def evaluate(params, *args):
+        np = _np()
+        if kind == "smoothstep":
+            x, t = args
+            return _sigmoid(params, np.divide(x, t))
+        a, b, t = args
+        sign = 1.0 if kind == "softmax2" else -1.0
+        return sign * t * np.logaddexp(sign * np.divide(a, t), sign * np.divide(b, t))
+
+    return evaluate
+
+
+def _vjp_smoothstep(b, e, ct):
+    x, t = e.ins
+    y = e.outs[0]
+
+    def slope():  # d y / d (x / t) = y (1 - y)
+        return b.mul(b.p(y), b.op("sub", ONE, b.p(y)))
+
+    return [lambda: b.op("div", b.mul(ct, slope()), b.p(t)),
+            lambda: b.op("neg", b.op("div", b.mul(b.mul(ct, slope()), b.p(x)), b.mul(b.p(t), b.p(t))))]
+
+
+def _vjp_soft2(first: bool):
+    """softmax2 / softmin2 (a, b, t): the weight w of a is sigmoid(+-(a - b) / t); d/dt is
+    (out - w a - (1 - w) b) / t."""
+
+    def rule(b, e, ct):
+        a, c, t = e.ins
+        out = e.outs[0]
+
+        def w():
+            gap = b.op("sub", b.p(a), b.p(c)) if first else b.op("sub", b.p(c), b.p(a))
+            return b.op("sigmoid", b.op("div", gap, b.p(t)))
+
+        def d_t():
+            mix = b.op("add", b.mul(w(), b.p(a)), b.mul(b.op("sub", ONE, w()), b.p(c)))
+            return b.op("div", b.op("sub", b.p(out), mix), b.p(t))
+
+        return [lambda: b.mul(ct, w()), lambda: b.mul(ct, b.op("sub", ONE, w())), lambda: b.mul(ct, d_t())]
+
+    return rule
+
+
+def _logsumexp(params, v):
+    np = _np()
+    m = np.max(v)
+    if not np.isfinite(m):
+        return float(m) if not np.isnan(m) else float("nan")
+    return float(m + np.log(np.sum(np.exp(v - m))))
+
+
+def _softmax_vec(params, v, t):
+    np = _np()
+    z = np.divide(v, t)
+    z = np.exp(z - np.max(z))
+    return z / np.sum(z)
+
+
+def _lines_logsumexp(dest, args, ins, out):
+    (t,) = ins
+    at, n = _flat(t), size(t)
+    return [f"dl_m = {args[0]}{at.replace('dl_i', '0')}", f"for dl_i in range({n}):",
+            f"    dl_m = max(dl_m, {args[0]}{at})", f"{dest} = 0.0", f"for dl_i in range({n}):",
+            f"    {dest} += dl_math.exp({args[0]}{at} - dl_m)", f"{dest} = dl_m + dl_math.log({dest})"]
+
+
+def _lines_softmax(dest, args, ins, out):
+    v, t = args
+    at, n = _flat(ins[0]), size(ins[0])
+    return [f"dl_m = {v}{at.replace('dl_i', '0')} / {t}", f"for dl_i in range({n}):",
+            f"    dl_m = max(dl_m, {v}{at} / {t})", "dl_s = 0.0", f"for dl_i in range({n}):",
+            f"    {dest}{at} = dl_math.exp({v}{at} / {t} - dl_m)", f"    dl_s += {dest}{at}",
+            f"for dl_i in range({n}):", f"    {dest}{at} = {dest}{at} / dl_s"]
+
+
+def _vjp_logsumexp(b, e, ct):
+    (v,), out = e.ins, e.outs[0]
+    return [lambda: b.mul(ct, b.op("exp", b.op("sub", b.p(v), b.p(out))))]
+
+
+def _jvp_logsumexp(b, e, tangents):
+    (v,), out = e.ins, e.outs[0]
+    return b.op("sum", b.mul(b.op("exp", b.op("sub", b.p(v), b.p(out))), tangents[0]))
+
+
+def _vjp_softmax(b, e, ct):
+    """s = softmax(u), u = v / t: d u = s (ct - sum(ct s)); d v = d u / t, d t = -sum(d u v) / t^2."""
+    v, t = e.ins
+    s = e.outs[0]
+
+    def du():
+        return b.mul(b.p(s), b.op("sub", ct, b.op("sum", b.mul(ct, b.p(s)))))
+
+    return [lambda: b.op("div", du(), b.p(t)),
+            lambda: b.op("neg", b.op("div", b.op("sum", b.mul(du(), b.p(v))), b.mul(b.p(t), b.p(t))))]
+
+
+def _jvp_softmax(b, e, tangents):
+    v, t = e.ins
+    s = e.outs[0]
+    dv, dt = tangents
+    parts = []
+    if dv is not None:
+        parts.append(b.op("div", dv, b.p(t)))
+    if dt is not None:
+        parts.append(b.op("neg", b.mul(b.p(v), b.op("div", dt, b.mul(b.p(t), b.p(t))))))
+    du = parts[0] if len(parts) == 1 else b.op("add", parts[0], parts[1])
+    if not du.type.shape:
+        du = b.op("broadcast", du, shape=s.type.shape)
+    return b.mul(b.p(s), b.op("sub", du, b.op("sum", b.mul(b.p(s), du))))
+
+
+def _softmax_type(ins, params):
+    if len(ins) != 2 or ins[0].kind != "f64" or not ins[0].shape or ins[1] != F64:
+        raise TypeRuleError(f"softmax of an array takes (an array, a temperature), not ({', '.join(map(str, ins))})")
+    return ins[0]
+
+
+def _vector_and_t(name: str):
+    def rule(ins, params):
+        if len(ins) != 2 or ins[0].kind != "f64" or len(ins[0].shape) != 1 or ins[1] != F64:
+            raise TypeRuleError(f"{name} takes (a vector, a temperature), not ({', '.join(map(str, ins))})")
+        return ins[0]
+
+    return rule
+
+
+def _expand_softrank(b, v, t):
+    """rank_i = 0.5 + sum_j sigmoid((v_i - v_j) / t): 1 for the smallest ... n for the largest
+    as t -> 0 (the j = i term gives 0.5)."""
+    _vector_and_t("softrank")([v.type, t.type], {})
+    n = v.type.shape[0]
+    ones = b.op("broadcast", ONE, shape=(n,))
+    gaps = b.op("sub", b.op("outer", v, ones), b.op("outer", ones, v))
+    return b.op("add", b.op("matmul", b.op("sigmoid", b.op("div", gaps, t)), ones), Lit(0.5, F64))
+
+
+def _expand_softsort(b, v, t):
+    """The values in ascending order, softly: entry k is the mean of v weighted by
+    exp(-(rank_i - k)^2 / t) over i, with soft ranks."""
+    _vector_and_t("softsort")([v.type, t.type], {})
+    n = v.type.shape[0]
+    ones = b.op("broadcast", ONE, shape=(n,))
+    ranks = _expand_softrank(b, v, t)
+    places = b.op("pack", *(Lit(float(k), F64) for k in range(1, n + 1)), shape=(n,))
+    gaps = b.op("sub", b.op("outer", ranks, ones), b.op("outer", ones, places))
+    weights = b.op("exp", b.op("neg", b.op("div", b.op("mul", gaps, gaps), t)))
+    totals = b.op("matmul", ones, weights)
+    return b.op("matmul", v, b.op("div", weights, b.op("outer", ones, totals)))
+
+
 # ---- the registry ---------------------------------------------------------------------------------
 
 REGISTRY: dict[str, Primitive] = {}
 
 
-_JVP = {"matmul": _jvp_bilinear, "dot": _jvp_bilinear, "outer": _jvp_bilinear, "sum": _jvp_linear,
+_JVP = {"logsumexp": _jvp_logsumexp, "softmax": _jvp_softmax, "matmul": _jvp_bilinear, "dot": _jvp_bilinear, "outer": _jvp_bilinear, "sum": _jvp_linear,
         "mean": _jvp_linear, "transpose": _jvp_linear, "broadcast": _jvp_linear, "index": _jvp_linear,
         "setindex": _jvp_store, "addindex": _jvp_store, "pack": _jvp_pack}
 
@@ -620,7 +776,7 @@ def _register(*prims: Primitive) -> None:
 
     for p in prims:
         assert p.name not in REGISTRY, p.name
-        if p.differentiable and not p.structural and p.jvp is None:
+        if p.differentiable and not p.structural and p.jvp is None and p.expand is None:
             p = replace(p, jvp=_jvp_elementwise if p.elementwise else _JVP[p.name])
         REGISTRY[p.name] = p
 
@@ -723,6 +879,26 @@ _register(
     Primitive("setindex", 3, _store_type, _store(False), _vjp_setindex, render=_lines_store(False), checks_index=2,
               operator="[] =", doc="a new array with one element or row replaced (v[i] = x)"),
 
+    # ---- soft relaxations: smooth stand-ins for steps, min, max, sorting, with a temperature t ----
+    Primitive("smoothstep", 2, _elementwise_type("smoothstep"), _soft_eval("smoothstep"), _vjp_smoothstep,
+              scalar="dl_rt.smoothstep({0}, {1})", elementwise=True, helper="smoothstep", builtin="smoothstep",
+              doc="sigmoid(x / t): a soft `x > 0` (0 below, 1 above, over a width of about t)"),
+    Primitive("softmax2", 3, _elementwise_type("softmax"), _soft_eval("softmax2"), _vjp_soft2(True),
+              scalar="dl_rt.softmax2({0}, {1}, {2})", elementwise=True, helper="softmax2", builtin="softmax",
+              doc="softmax(a, b, t) = t log(exp(a/t) + exp(b/t)): a soft max(a, b)"),
+    Primitive("softmin2", 3, _elementwise_type("softmin"), _soft_eval("softmin2"), _vjp_soft2(False),
+              scalar="dl_rt.softmin2({0}, {1}, {2})", elementwise=True, helper="softmin2", builtin="softmin",
+              doc="softmin(a, b, t) = -t log(exp(-a/t) + exp(-b/t)): a soft min(a, b)"),
+    Primitive("logsumexp", 1, _reduce_type("logsumexp"), _logsumexp, _vjp_logsumexp, render=_lines_logsumexp,
+              builtin="logsumexp", doc="log(sum(exp(v))) without overflow: a soft maximum of an array"),
+    Primitive("softmax", 2, _softmax_type, _softmax_vec, _vjp_softmax, render=_lines_softmax, builtin="softmax",
+              source_arity=(2, 3),
+              doc="softmax(v, t): exp(v / t) / sum(exp(v / t)), weights summing to 1 (softmax(a, b, t): a soft max)"),
+    Primitive("softrank", 2, _vector_and_t("softrank"), None, builtin="softrank", expand=_expand_softrank,
+              doc="softrank(v, t): each element's rank, 1 for the smallest, smoothly (exact as t -> 0)"),
+    Primitive("softsort", 2, _vector_and_t("softsort"), None, builtin="softsort", expand=_expand_softsort,
+              doc="softsort(v, t): v in ascending order, smoothly (exact as t -> 0)"),
+
     # ---- comparisons and logic (conditions only; no derivative) ----
     *(Primitive(name, 2, _compare_type(name), lambda p, a, b, f=f: bool(f(a, b)), differentiable=False,
                 scalar="{0} %s {1}" % sym, operator=sym, doc=f"comparison {sym}")
@@ -774,6 +950,14 @@ _register(
 BUILTINS: dict[str, Primitive] = {p.builtin: p for p in REGISTRY.values() if p.builtin}
 CONST_FUNCTIONS: set[str] = {p.builtin for p in REGISTRY.values() if p.builtin and p.const}
 OPERATOR_SPELLING: dict[str, str] = {p.name: p.operator for p in REGISTRY.values() if p.operator}
+
+
+def builtin_op(name: str, nargs: int) -> Primitive:
+    """The record a program's call `name(...)` with nargs arguments means (softmax(v, t) is the
+    array softmax, softmax(a, b, t) the soft max of two values)."""
+    matches = [p for p in REGISTRY.values() if p.builtin == name]
+    exact = [p for p in matches if p.arity == nargs and not p.source_arity]
+    return exact[0] if exact else BUILTINS[name]
 
 
 def get(op: str) -> Primitive:

@@ -161,3 +161,25 @@ def first_fault(faults):
         if faults[c, 0] != 0:
             return faults[c, 0], faults[c, 1]
     return faults[0, 0] * 0, faults[0, 1] * 0
+
+
+# Soft relaxations (smooth stand-ins for a step, a min and a max, with a temperature t > 0).
+
+@njit(**_FLAGS)
+def smoothstep(x, t):
+    """sigmoid(x / t): 0 well below 0, 1 well above, smooth across a width of about t."""
+    return sigmoid(x / t)
+
+
+@njit(**_FLAGS)
+def softmax2(a, b, t):
+    """t log(exp(a / t) + exp(b / t)), without overflow: max(a, b) as t -> 0."""
+    hi = max(a, b)
+    if hi == -math.inf or hi != hi:
+        return hi
+    return hi + t * math.log1p(math.exp(-abs(a - b) / t))
+
+
+@njit(**_FLAGS)
+def softmin2(a, b, t):
+    return -softmax2(-a, -b, t)

@@ -12,12 +12,10 @@ short of the exact optimum, but narrow enough that a fit stuck on the way from t
 builtins_tour is not in the gallery: its fifteen features are smooth functions of one input
 over a short range, so their weights are not identifiable. hanging_chain has no data.
 
-projectile (the program of the language contract, kept as written) is not in the recovery
-gallery: its landing distance is x at the first step below ground, so its derivative with
-respect to the angle leaves out the change of the flight time and is collinear with the one
-with respect to drag; gradient-based training fits drag and leaves the angle near its start
-(docs/training.md). projectile_landing, which interpolates to y = 0, is the gallery's
-projectile; test_spec_projectile_training_lowers_its_loss checks that the other still trains.
+projectile (the program of the language contract, kept as written): its landing distance is x
+at the first step below ground, so its exact derivative with respect to the angle leaves out
+the change of the flight time; `dlang train` follows the event-aware gradient by default
+(docs/events.md) and recovers both params. projectile_landing interpolates to y = 0 itself.
 """
 from __future__ import annotations
 
@@ -82,6 +80,13 @@ TOLERANCES: dict[str, dict[str, Tol]] = {
     # correlated); the optimum is off by 0.004 and 0.010 (2 and 2.5 SE, one draw of the pair).
     # 0.02 and 0.04 are 10 SE.
     "scaling": {"scale": Tol(abs=0.02), "offset": Tol(abs=0.04)},
+    # 200 landing distances, noise sd 0.05 m, the program's loss a staircase in the params: the
+    # event-aware fit is within 0.6% (drag) and 1% (angle); the issue asks for 2%.
+    "projectile": {"drag": Tol(rel=0.02), "angle": Tol(rel=0.02)},
+    # 1000 alarms drawn with probability sigmoid((reading - 0.6) / 0.1): the exact optimum of the
+    # committed data is off by 0.008 (threshold) and 0.016 (width), about 1 SE each (0/1 labels
+    # carry little information). 0.03 and 0.04 leave room for a fit stopped early.
+    "soft_threshold": {"threshold": Tol(abs=0.03), "width": Tol(abs=0.04)},
     # mlp: see MLP below; a network's weights are not identifiable, its predictions are.
 }
 
@@ -167,7 +172,7 @@ def _start(name: str) -> dict:
 # ---- tests -----------------------------------------------------------------------------------
 
 def test_every_generated_program_is_in_the_gallery_or_excused():
-    assert set(TRUE_PARAMS) - set(GALLERY) == {"builtins_tour", "projectile"}
+    assert set(TRUE_PARAMS) - set(GALLERY) == {"builtins_tour"}
     for name in TOLERANCES:
         assert set(TOLERANCES[name]) == set(TRUE_PARAMS[name]), name
         assert set(_start(name)) == set(TRUE_PARAMS[name]), name

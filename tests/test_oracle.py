@@ -218,7 +218,23 @@ def hanging_chain(rows: list[Row], p: Params) -> float:
     return float(gravity + springs)
 
 
+def soft_threshold(rows: list[Row], p: Params) -> float:
+    def soft_max(a: float, b: float, t: float) -> float:  # t log(exp(a / t) + exp(b / t))
+        hi = max(a, b)
+        return hi + t * math.log1p(math.exp(-abs(a - b) / t))
+
+    losses = []
+    for row in rows:
+        z = (row["reading"] - p["threshold"]) / p["width"]
+        prob = 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+        alarm = row["alarm"]
+        losses.append(-(alarm * math.log(soft_max(prob, 1e-9, 1e-3))
+                        + (1.0 - alarm) * math.log(soft_max(1.0 - prob, 1e-9, 1e-3))))
+    return float(np.mean(losses))
+
+
 ORACLES: dict[str, Callable[..., float]] = {
+    "soft_threshold": soft_threshold,
     "projectile": projectile,
     "projectile_landing": projectile_landing,
     "bouncing_ball": bouncing_ball,

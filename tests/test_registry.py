@@ -39,6 +39,8 @@ DOMAIN = {
     "min": [(-0.8, 0.3, 1.1), (0.2, -1.1, 1.9)], "max": [(-0.8, 0.3, 1.1), (0.2, -1.1, 1.9)],
     "lt_weight": [(-0.8, 0.3, 1.1), (0.2, -1.1, 1.9)], "mask_gt": [(-0.8, 0.3, 1.1), (0.2, -1.1, 1.9)],
     "clamp": [(-0.8, 0.3, 1.1), (-0.5, -0.6, 0.2), (0.4, 0.9, 0.7)],
+    "smoothstep": [(-0.8, 0.3, 1.1), (0.2, 0.5, 0.9)], "softmax2": [(-0.8, 0.3, 1.1), (-0.8, 0.3, 1.1), (0.2, 0.5, 0.9)],
+    "softmin2": [(-0.8, 0.3, 1.1), (-0.8, 0.3, 1.1), (0.2, 0.5, 0.9)],
     "floor": [(-1.3, 0.3, 1.7)], "ceil": [(-1.3, 0.3, 1.7)], "round": [(-1.3, 0.3, 1.7)],
 }
 DEFAULT = (-0.8, 0.3, 1.1)
@@ -144,6 +146,14 @@ def _cases(b: _Builder, op: str) -> None:
     elif op == "pack":
         b.add_to_loss(b.op("pack", s(), s(1), s(2), shape=(3,)))
         b.add_to_loss(b.op("mul", b.op("pack", *(s(k) for k in range(6)), shape=(2, 3)), m23()))
+    elif op == "logsumexp":
+        b.add_to_loss(b.op("logsumexp", v3()))
+        b.add_to_loss(b.op("logsumexp", m23()))
+    elif op == "softmax":  # of an array, with a temperature
+        b.add_to_loss(b.op("mul", b.op("softmax", v3(), b.param(op, 0.7)), v3(1)))
+        b.add_to_loss(b.op("mul", b.op("softmax", m23(), b.param(op, 1.3)), m23(1)))
+    elif REGISTRY[op].expand is not None:  # a composite (softrank, softsort): built from other ops
+        b.add_to_loss(b.op("mul", REGISTRY[op].expand(b, v3(), b.param(op, 0.6)), v3(1)))
     elif op == "broadcast":
         b.add_to_loss(b.op("mul", b.op("broadcast", s(), shape=(2, 3)), m23()))
     elif op in ("lt", "le", "gt", "ge", "eq", "ne"):
@@ -272,7 +282,7 @@ def test_every_builtin_is_documented_and_has_a_kernel_template():
     import dlang.runtime as runtime
 
     for prim in REGISTRY.values():
-        if prim.structural:
+        if prim.structural or prim.expand is not None:  # a composite is made of other ops
             continue
         assert prim.scalar or prim.render, f"{prim.name} has no kernel template"
         for helper in re.findall(r"dl_rt\.(\w+)", prim.scalar or ""):

@@ -25,6 +25,8 @@ True params (what `dlang train` should recover, up to the noise), the programs' 
   builtins_tour:        a = 1.0, theta = 0.35, b = 0.2,
                         w = [0.5, -0.3, 0.2, 0.4, -0.2, 0.3, -0.5, 0.6, 0.8, -0.4, 1.0, -0.6,
                              0.3, 0.5, -0.7]                             (y noise sd 0.01)
+  soft_threshold:       threshold = 0.6, width = 0.1      start 0.2, 0.5; 1000 rows; alarm 1 with
+                                                          probability sigmoid((reading - 0.6) / 0.1)
   hanging_chain:        no data.
 
 Rows whose branches, loop trip counts or kinks lie close to a switch point are redrawn, for the
@@ -62,6 +64,7 @@ TRUE_PARAMS: dict[str, dict[str, object]] = {
         "b": 0.2,
     },
     "scaling": {"scale": 2.5, "offset": -0.4},
+    "soft_threshold": {"threshold": 0.6, "width": 0.1},
 }
 
 
@@ -317,6 +320,16 @@ def scaling(rng: np.random.Generator) -> tuple[list[str], list[list[float]]]:
     return ["raw", "reference"], rows
 
 
+def soft_threshold(rng: np.random.Generator) -> tuple[list[str], list[list[float]]]:
+    t = TRUE_PARAMS["soft_threshold"]
+    rows = []
+    for _ in range(1000):
+        reading = float(rng.uniform(0.0, 1.2))
+        p = 1.0 / (1.0 + math.exp(-(reading - t["threshold"]) / t["width"]))
+        rows.append([reading, float(rng.uniform() < p)])
+    return ["reading", "alarm"], rows
+
+
 # ---- all of them -----------------------------------------------------------------------------
 
 GENERATORS = {
@@ -330,6 +343,7 @@ GENERATORS = {
     "image_filter": (7, image_filter),
     "builtins_tour": (8, builtins_tour),
     "scaling": (9, scaling),
+    "soft_threshold": (10, soft_threshold),
 }
 
 
