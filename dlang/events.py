@@ -22,8 +22,8 @@ by hand for one example, here derived from the IR):
 - A *reset* (the branch is taken once and undoes its own condition: a bounce): the saltation
   term of hybrid systems, d(alpha) (J_H D_before - D_after), where J_H D_before is the reset
   map's Jacobian along the increment before the event (forward mode on the branch's IR).
-- A `while` loop that stops (a time-stepping loop: one carried value grows by a constant each
-  trip) is a switch to "stopped": its results move by d(alpha) (s_last - s_before_last).
+- A `while` loop that stops is a switch to "stopped": its results (and an int step counter
+  read as a float after it) move by (alpha - 1) (s_last - s_before_last).
 
 Each correction is added as (alpha - 1) * D: the discrete program acts as if every event
 happened at the end of its step (alpha = 1), the corrected one as if at its time of impact.
@@ -32,14 +32,14 @@ that loss's: the optimizer follows it (`dlang train --events auto`), while every
 output dlang reports is computed by the program as written. A switch is confirmed (and
 corrected) one iteration after it, when the next iteration shows whether the condition stays
 switched. Conditions that do not depend on params, the first
-iteration of a loop, and loops that jump from event to event (no constant time step: their
-outputs are continuous across events, as in the gallery's bouncing ball) are left exact.
+iteration of a loop, compound conditions (`and`, `or`) and `if`s nested in other `if`s are left
+exact.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .ir import (BOOL, F64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Stmt, Type, Var, WhileLoop,
+from .ir import (BOOL, F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Stmt, Type, Var, WhileLoop,
                  blocks_of, defined_anywhere, defined_in, reads, renumber, vars_read, walk)
 from .prims import REGISTRY, result_type
 
@@ -161,8 +161,8 @@ def warnings(program: Program, path: str | None = None) -> list:
         where, loc = _blocker(program, dep)
         out.append(Diagnostic(f"the gradient of '{p.name}' is zero everywhere: '{p.name}' reaches the loss only "
                               f"through {where}", span_at(loc, 1) if loc else None, path,
-                              "dlang train --events auto (the default) corrects for conditions of time-stepping "
-                              "loops; see docs/events.md", severity="warning"))
+                              "dlang train --events auto (the default) corrects for the conditions of loops; "
+                              "see docs/events.md", severity="warning"))
     said = {d.span for d in out if d.span is not None}
     for c in conditions(program):
         if c.loc and span_at(c.loc, 1) in said:  # the warning above already names this condition
@@ -253,17 +253,11 @@ def _straight(block: Block) -> bool:
 
 
 def _time_stepping(s: ForLoop | WhileLoop) -> bool:
-    """A for loop, or a while loop one of whose carried floats grows by a constant each trip."""
-    if isinstance(s, ForLoop):
-        return True
-    defs = {e.outs[0].id: e for e in s.body.eqns if isinstance(e, Eqn) and e.outs}
-    for param, result in zip(s.body.params, s.body.results):
-        e = defs.get(result.id) if isinstance(result, Var) else None
-        if e is not None and e.op in ("add", "sub") and param.type == F64:
-            a, b = e.ins
-            if (a == param and isinstance(b, Lit)) or (e.op == "add" and b == param and isinstance(a, Lit)):
-                return True
-    return False
+    """Whether a loop is taken for one that steps time: every `for` and `while` loop. (A loop
+    that jumps from event to event, like the gallery's bouncing_ball.dl, has results that are
+    continuous across its events; its `while n < max_bounces and ...` condition is compound,
+    which _margin leaves exact.)"""
+    return True
 
 
 def _rename(stmts, results, mapping: dict[int, Atom]):
@@ -320,12 +314,22 @@ class _Events:
             if _time_stepping(s):
                 s, pairs = self.if_events(s)
             mapping: dict[int, Atom] = {}
+            self.counters = {}
             if isinstance(s, WhileLoop) and _time_stepping(s):
                 s, extra, mapping = self.exit_event(s)
                 out.append(s)
                 out += extra
             else:
                 out.append(s)
+            if self.counters:  # a step counter read as a float after the loop: that float is moved
+                kept = []
+                for st in stmts[k:]:
+                    if (isinstance(st, Eqn) and st.op == "to_float" and isinstance(st.ins[0], Var)
+                            and st.ins[0].id in self.counters):
+                        mapping[st.outs[0].id] = self.counters[st.ins[0].id]
+                    else:
+                        kept.append(st)
+                stmts[k:] = kept
             if pairs:  # each state value plus its shift
                 def shifted():
                     return [self.b.op("add", mapping.get(o.id, o), mapping.get(d.id, d)) for o, d in pairs]
@@ -511,7 +515,7 @@ class _Events:
             return loop, [], {}
         b = self.b
         b.loc = loop.loc
-        slots = [k for k, o in enumerate(loop.outs) if o.type == F64]
+        slots = [k for k, o in enumerate(loop.outs) if o.type in (F64, I64)]  # an int: a step counter
         prev_c = [b.fresh(loop.outs[k].type) for k in slots]
         prev_b = [b.fresh(loop.outs[k].type) for k in slots]
         ran_c, ran_b = b.fresh(BOOL), b.fresh(BOOL)
@@ -544,11 +548,18 @@ class _Events:
             previous = margin_at(before)
             alpha = b.if_(ran, lambda: [b.op("div_or_zero", previous, b.op("sub", previous, last))],
                           lambda: [ZERO], [F64])[0]
-            return [b.correction(loop.outs[k], alpha, b.op("sub", loop.outs[k], p)) for k, p in zip(slots, outs_prev)]
+            fixed = []
+            for k, p in zip(slots, outs_prev):
+                out = loop.outs[k]
+                if out.type == I64:  # a counter: its float value is moved (see counters in block)
+                    out, p = b.op("to_float", out), b.op("to_float", p)
+                fixed.append(b.correction(out, alpha, b.op("sub", out, p)))
+            return fixed
 
         extra, fixed = b.region(after)
         self.changed += 1
-        return new, list(extra), {loop.outs[k].id: f for k, f in zip(slots, fixed)}
+        self.counters = {loop.outs[k].id: f for k, f in zip(slots, fixed) if loop.outs[k].type == I64}
+        return new, list(extra), {loop.outs[k].id: f for k, f in zip(slots, fixed) if loop.outs[k].type == F64}
 
 
 def event_program(program: Program) -> Program | None:

@@ -143,6 +143,7 @@ class Trainer:
         self.x = self.flat.pack(params)
         self.best_x = self.x.copy()
         self.best_loss = math.inf
+        self.best_objective = math.inf
         self.history: list[Epoch] = []
         self.bad_point = None  # (params vector, batch rows, what) where the loss or gradient went non-finite
 
@@ -171,8 +172,14 @@ class Trainer:
         return objective if self.objective is self.kernels else self.full_loss(x)
 
     def note(self, epoch: int, x: np.ndarray, loss: float, grad_norm: float, rows: int, seconds: float,
-             on_epoch) -> Epoch:
-        if math.isfinite(loss) and loss < self.best_loss:
+             on_epoch, objective: float | None = None) -> Epoch:
+        """Record an epoch. The best params are those of the lowest objective (the loss the
+        optimizer minimizes); the losses recorded are the program's own (the same, unless an
+        event program is the objective: its loss is smooth where the program's is a staircase,
+        whose steps would otherwise pick the best params by the noise of the step)."""
+        objective = loss if objective is None else objective
+        if math.isfinite(objective) and objective < self.best_objective:
+            self.best_objective = objective
             self.best_loss, self.best_x = loss, x.copy()
         e = Epoch(epoch, self.options.epochs, loss, self.best_loss, grad_norm, rows, seconds)
         self.history.append(e)
@@ -219,6 +226,7 @@ class Trainer:
         start_loss = self.full_loss(x)  # the starting params are the best so far until beaten
         if math.isfinite(start_loss):
             self.best_loss, self.best_x = start_loss, x.copy()
+            self.best_objective = start_loss if self.objective is self.kernels else self.objective_loss(x)
         velocity = np.zeros_like(x)
         m, v = np.zeros_like(x), np.zeros_like(x)
         step = 0
@@ -251,7 +259,8 @@ class Trainer:
             if not math.isfinite(loss):
                 raise _NonFinite(self.flat.names, "the loss", x.copy())
             grad_norm = float(np.linalg.norm(grad_sum / max(batches, 1)))
-            self.note(epoch, x, loss, grad_norm, self.rows, time.perf_counter() - start, on_epoch)
+            objective = loss if self.objective is self.kernels else self.objective_loss(x)
+            self.note(epoch, x, loss, grad_norm, self.rows, time.perf_counter() - start, on_epoch, objective)
             why = self._converged(loss, grad_norm)
             if why:
                 return why, "done"
@@ -267,6 +276,7 @@ class Trainer:
         x = self.x
         f, g = self.loss_and_grad(x)
         self.best_loss, self.best_x = self.reported(x, f), x.copy()
+        self.best_objective = f
         memory: list[tuple[np.ndarray, np.ndarray, float]] = []
         stalled = 0
         for epoch in range(1, o.epochs + 1):
@@ -313,7 +323,7 @@ class Trainer:
             x, f, g = trial, f_new, g_new
             self.x = x
             self.note(epoch, x, self.reported(x, f), float(np.linalg.norm(g)), evaluations * self.rows,
-                      time.perf_counter() - start, on_epoch)
+                      time.perf_counter() - start, on_epoch, objective=f)
             stalled = stalled + 1 if improvement <= o.tol * max(1.0, abs(f)) else 0
             if o.tol > 0 and stalled >= 3:
                 return "converged: the loss stopped improving", "done"
