@@ -159,3 +159,70 @@ def test_programs_without_time_stepping_events_train_bit_for_bit_as_before(name,
     assert run_cli(*args, "--out", a).code == 0
     assert run_cli(*args, "--out", b, "--events", "exact").code == 0
     assert json.loads(a.read_text()) == json.loads(b.read_text())  # the same kernels: the same params
+
+
+# ---- the same kind of program, written otherwise --------------------------------------------------------
+
+WHILE_PROJECTILE = """
+const dt = 0.01
+data v0, dist
+param drag = 0.1
+param angle = 0.6
+x = 0.0
+y = 0.0
+vx = v0 * cos(angle)
+vy = v0 * sin(angle)
+while y >= 0.0 {
+    s = sqrt(vx * vx + vy * vy)
+    vx -= dt * drag * s * vx
+    vy -= dt * (9.81 + drag * s * vy)
+    x += dt * vx
+    y += dt * vy
+}
+output landing = x
+loss (x - dist)^2
+"""
+
+COUNTED_TANK = """
+data h0, t_dry
+param k = 0.5
+h = h0
+n = 0
+while h > 0.0 {
+    h = h - 0.005 * k * sqrt(h)
+    n += 1
+}
+output drain_time = 0.005 * n
+loss (0.005 * n - t_dry)^2
+"""
+
+
+def _fit_own_data(write_program, run_cli, tmp_path, source, inputs, truth, noise, seed):
+    """Draw data from the program itself at `truth` (+ noise), train from its start."""
+    path = write_program(source, "p.dl")
+    prog = load_program(str(path))
+    kernels = compile_kernels(prog)
+    rng = np.random.default_rng(seed)
+    data = np.column_stack([inputs, np.zeros(len(inputs))])
+    target = kernels.forward_rows(data, truth)[1][:, 0] + rng.normal(0, noise, len(inputs))
+    csv = tmp_path / "data.csv"
+    names = [d.name for d in prog.data]
+    csv.write_text(",".join(names) + "\n" + "\n".join(f"{float(a)!r},{float(b)!r}" for a, b in zip(inputs, target)) + "\n")
+    out = tmp_path / "fit.json"
+    r = run_cli("train", path, "--data", csv, "--out", out)
+    assert r.code == 0, r.err
+    return json.loads(out.read_text())
+
+
+def test_a_projectile_written_with_a_while_loop_fits(write_program, run_cli, tmp_path):
+    v0 = np.loadtxt(PROGRAMS / "data" / "projectile.csv", delimiter=",", skiprows=1)[:, 0]
+    truth = {"drag": 0.05, "angle": 0.8}
+    fitted = _fit_own_data(write_program, run_cli, tmp_path, WHILE_PROJECTILE, v0, truth, 0.05, 5)
+    for k, want in truth.items():
+        assert fitted[k] == pytest.approx(want, rel=0.02), fitted
+
+
+def test_a_tank_that_counts_its_steps_with_an_int_fits(write_program, run_cli, tmp_path):
+    h0 = np.random.default_rng(6).uniform(0.5, 3, 100)
+    fitted = _fit_own_data(write_program, run_cli, tmp_path, COUNTED_TANK, h0, {"k": 0.8}, 0.02, 7)
+    assert fitted["k"] == pytest.approx(0.8, rel=0.02), fitted
