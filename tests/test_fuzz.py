@@ -1070,6 +1070,30 @@ def test_generated_programs_forward_mode_equals_reverse_mode(g):
                                    atol=1e-300)
 
 
+@fuzz_settings(150)
+@given(well_typed_programs())
+def test_generated_programs_event_programs_verify_and_run(g):
+    """train --events auto (the default) derives an event program from any program whose loop
+    conditions depend on params: it must verify, print back, differentiate, and run where the
+    program runs."""
+    from dlang.events import event_program
+    from dlang.interp import run_body
+
+    s = setup(g)
+    ev = event_program(s.prog)
+    if ev is None:
+        event("no event to correct")
+        return
+    event("an event program")
+    verify(ev)
+    assert parse_program(print_program(ev)) == ev
+    verify(reverse_ad(ev))
+    for row in s.rows:
+        exact = run_body(s.prog, row, s.params)[0]
+        moved = run_body(ev, row, s.params)[0]
+        assert math.isfinite(moved) or not math.isfinite(exact), (exact, moved)
+
+
 @fuzz_settings(4, cap=KERNEL_EXAMPLES_CAP)
 @given(well_typed_programs(smooth=True))
 def test_generated_programs_compiled_kernels_match_interpreter_and_finite_differences(g):
