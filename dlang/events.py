@@ -260,6 +260,41 @@ def _time_stepping(s: ForLoop | WhileLoop) -> bool:
     return True
 
 
+def _steps_time(s: WhileLoop) -> bool:
+    """A while loop one of whose carried floats grows by a constant each trip (t += dt)."""
+    defs = {e.outs[0].id: e for e in s.body.eqns if isinstance(e, Eqn) and e.outs}
+    for param, result in zip(s.body.params, s.body.results):
+        e = defs.get(result.id) if isinstance(result, Var) else None
+        if e is not None and e.op in ("add", "sub") and param.type == F64:
+            a, c = e.ins
+            if (a == param and isinstance(c, Lit)) or (e.op == "add" and c == param and isinstance(a, Lit)):
+                return True
+    return False
+
+
+def _compound_margin(cond: Block, dep: set[int]):
+    """For a condition joined by `and`/`or` with exactly one comparison of floats that depends
+    on params: its margin and the equations that compute its operands (no index checks: they
+    are evaluated after the loop, where a guard no longer protects them); else (None, [])."""
+    eqns = [st for st in walk(cond) if isinstance(st, Eqn)]
+    found = [e for e in eqns if e.op in _FLIP and all(a.type == F64 for a in e.ins) and _ids(e.ins) & dep]
+    if len(found) != 1:
+        return None, []
+    e = found[0]
+    defs = {x.outs[0].id: x for x in eqns if x.outs}
+    need, stack = set(), list(_ids(e.ins))
+    while stack:
+        i = stack.pop()
+        d = defs.get(i)
+        if d is None or i in need:
+            continue
+        if REGISTRY[d.op].checks_index is not None:
+            return None, []
+        need.add(i)
+        stack.extend(_ids(d.ins))
+    return (_FLIP[e.op], e.ins[0], e.ins[1]), [x for x in eqns if x.outs and x.outs[0].id in need]
+
+
 def _rename(stmts, results, mapping: dict[int, Atom]):
     """Statements and results with the vars in mapping replaced (reads only, nested blocks too)."""
     if not mapping:
@@ -510,8 +545,11 @@ class _Events:
 
     def exit_event(self, loop: WhileLoop):
         cond = loop.cond
-        margin = _margin(cond.results[0], cond.eqns, self.dep)
-        if margin is None or not _straight(cond):
+        margin = _margin(cond.results[0], cond.eqns, self.dep) if _straight(cond) else None
+        slice_ = list(cond.eqns)
+        if margin is None and _steps_time(loop):  # a compound condition (a guard: `and n < 10000`)
+            margin, slice_ = _compound_margin(cond, self.dep)
+        if margin is None:
             return loop, [], {}
         b = self.b
         b.loc = loop.loc
@@ -531,7 +569,7 @@ class _Events:
         def margin_at(values: list[Atom]) -> Var:
             mapping = {p.id: v for p, v in zip(cond.params, values)}
             renamed: dict[int, Atom] = dict(mapping)
-            for e in cond.eqns:
+            for e in slice_:
                 fresh = tuple(b.fresh(o.type) for o in e.outs)
                 b.stmts.append(replace(e, outs=fresh, ins=tuple(renamed.get(a.id, a) if isinstance(a, Var) else a
                                                                 for a in e.ins)))
@@ -546,8 +584,10 @@ class _Events:
             for k, p in zip(slots, outs_prev):
                 before[k] = p
             previous = margin_at(before)
-            alpha = b.if_(ran, lambda: [b.op("div_or_zero", previous, b.op("sub", previous, last))],
-                          lambda: [ZERO], [F64])[0]
+            # the margin crossed zero in the last trip (not so when a guard stopped the loop)
+            crossed = b.both(ran, b.op("le", b.op("mul", previous, last), ZERO))
+            alpha = b.if_(crossed, lambda: [b.op("div_or_zero", previous, b.op("sub", previous, last))],
+                          lambda: [Lit(1.0, F64)], [F64])[0]
             fixed = []
             for k, p in zip(slots, outs_prev):
                 out = loop.outs[k]

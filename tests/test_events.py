@@ -226,3 +226,33 @@ def test_a_tank_that_counts_its_steps_with_an_int_fits(write_program, run_cli, t
     h0 = np.random.default_rng(6).uniform(0.5, 3, 100)
     fitted = _fit_own_data(write_program, run_cli, tmp_path, COUNTED_TANK, h0, {"k": 0.8}, 0.02, 7)
     assert fitted["k"] == pytest.approx(0.8, rel=0.02), fitted
+
+
+GUARDED_TANK = """
+const dt = 0.01
+data h0, t_dry
+param k = 0.5
+h = h0
+t = 0.0
+n = 0
+while h > 0.0 and n < 100000 {    # a guard on the trips: a compound condition
+    h -= dt * k * sqrt(h)
+    t += dt
+    n += 1
+}
+output drain_time = t
+loss (t - t_dry)^2
+"""
+
+
+def test_a_while_loop_with_a_guard_in_its_condition_fits(write_program, run_cli, tmp_path):
+    h0 = np.random.default_rng(8).uniform(0.5, 3, 100)
+    fitted = _fit_own_data(write_program, run_cli, tmp_path, GUARDED_TANK, h0, {"k": 0.8}, 0.02, 9)
+    assert fitted["k"] == pytest.approx(0.8, rel=0.02), fitted
+
+
+def test_a_loop_that_jumps_from_event_to_event_stays_exact():
+    """The gallery's bouncing ball computes bounce after bounce in closed form (no time step):
+    its results are continuous across events and it is left as written."""
+    prog = load_program(str(PROGRAMS / "bouncing_ball.dl"))
+    assert [c.kind for c in conditions(prog)] == ["while"] and event_program(prog) is None
