@@ -212,7 +212,10 @@ def train(
     history: Annotated[Optional[str], typer.Option(metavar="CSV", help="Write epoch, loss and gradient norm "
                                                                        "to this CSV file.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per epoch, then one with the "
-                                                          "fitted params.")] = False,
+                                                          "fitted params (and the fit report).")] = False,
+    report: Annotated[Optional[str], typer.Option(metavar="JSON", help="Write the fit report (values, standard "
+                                                                        "errors, correlations, chi2, AIC, BIC, R2, "
+                                                                        "warnings) to this JSON file.")] = None,
     events: Annotated[Events, typer.Option(help="auto: where a condition of a time-stepping loop depends on "
                                                 "params (a landing, a bounce, a loop that stops), the optimizer's "
                                                 "gradient sees where it switches; exact: the gradient of the "
@@ -244,7 +247,7 @@ def train(
     try:
         with render.TrainProgress(json_out) as progress:
             run = commands.train(program, data, init, run_options, options, out, history, progress.update,
-                                 lambda: interrupted["count"] > 0, Events(events).value)
+                                 lambda: interrupted["count"] > 0, Events(events).value, report)
     finally:
         signal.signal(signal.SIGINT, previous)
     render.show_trained(run, json_out)

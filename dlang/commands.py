@@ -266,11 +266,13 @@ class TrainRun:
     result: object  # train.TrainResult
     out: str
     written: bool = True  # whether the params were written to `out`
+    report: object = None  # report.FitReport at the fitted params (a fit that finished)
+    report_error: str | None = None  # why there is no report, when computing it failed
 
 
 def train(program_path: str, data_path: str | None, init_path: str | None,
           run_options: "RunOptions | list[str] | None", options, out_path: str | None, history_path: str | None,
-          on_epoch=None, should_stop=lambda: False, events: str = "auto") -> TrainRun:
+          on_epoch=None, should_stop=lambda: False, events: str = "auto", report_path: str | None = None) -> TrainRun:
     """Fit the params; write the best ones to out_path (atomically) however training ends.
     With events "auto", the optimizer's gradient sees the events of time-stepping loops
     (dlang.events) where the program has any; every loss it reports is the program's."""
@@ -286,6 +288,8 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
     _check_writable(out, "--out")
     if history_path:
         _check_writable(history_path, "--history")
+    if report_path:
+        _check_writable(report_path, "--report")
     kernels = pipeline.compile_kernels(program, run_options.max_iterations)
     check_tape_fits(kernels.adjoint, "train")
     _check_events(events)
@@ -308,7 +312,20 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
         x, rows, what = trainer.bad_point
         at, labels = (data, trainer.row_labels) if rows is None else (data[rows], trainer.row_labels[rows])
         result.origin = non_finite_origin(kernels, at, trainer.flat.unpack(x), what, labels)
-    return TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, out, written)
+    run = TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, out, written)
+    if result.status == "done":
+        from .report import fit_report, report_json
+
+        try:
+            run.report = fit_report(kernels, data, result.params, result.stopped.startswith("converged"),
+                                    result.stopped, datafile.rows)
+        except DlangError as err:  # a fault where the fit ended: the fit stands, the report is left out
+            run.report_error = err.diagnostics[0].message
+        if report_path and run.report is not None:
+            import json
+
+            write_text_atomically(report_path, json.dumps(report_json(run.report), indent=2) + "\n")
+    return run
 
 
 def _check_writable(path: str, option: str) -> None:

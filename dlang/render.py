@@ -337,9 +337,14 @@ def show_trained(run, json_out: bool) -> None:
 
     result = run.result
     if json_out:
-        print(json.dumps({"params": {k: _json_value(v) for k, v in result.params.items()},
-                          "loss": _json_number(result.loss), "epochs": result.epochs,
-                          "stopped": result.stopped, "status": result.status, "out": run.out}))
+        from .report import report_json
+
+        final = {"params": {k: _json_value(v) for k, v in result.params.items()},
+                 "loss": _json_number(result.loss), "epochs": result.epochs,
+                 "stopped": result.stopped, "status": result.status, "out": run.out}
+        if run.report is not None:
+            final["report"] = report_json(run.report)
+        print(json.dumps(final))
         if result.status != "done":
             _console(stderr=True).print(f"{_headline(run)}", highlight=False)
         return
@@ -348,14 +353,41 @@ def show_trained(run, json_out: bool) -> None:
     table.add_column("param", style="cyan", no_wrap=True)
     table.add_column("shape", style="yellow")
     table.add_column("fitted value", justify="right", style="bold")
+    report = run.report
+    errors = report is not None and report.stderr is not None
+    if errors:
+        table.add_column("± stderr", justify="right")
     for p in run.prepared.program.params:
         shape = "[" + ", ".join(map(str, p.type.shape)) + "]" if p.type.shape else "scalar"
-        table.add_row(p.name, shape, _value_text(result.params[p.name]))
+        cells = [p.name, shape, _value_text(result.params[p.name])]
+        if errors:
+            cells.append(_value_text(report.stderr[p.name]))
+        table.add_row(*cells)
     if run.prepared.program.params:
         console.print(table)
     err = _console(stderr=True)
     target = err if result.status != "done" else console
     target.print(_headline(run), highlight=False)
+    if report is not None:
+        for line in report_lines(report):
+            console.print(line, highlight=False)
+    elif run.report_error:
+        err.print(f"no fit report: {run.report_error}", highlight=False)
+
+
+def report_lines(report) -> list[str]:
+    """The fit report's summary lines under the table of fitted params."""
+    lines = []
+    if report.method == "least squares":
+        lines.append(f"least squares: {report.residuals:,} residuals, {report.dof:,} degrees of freedom, "
+                     f"chi2 {_num(report.chi2)}, reduced chi2 {_num(report.reduced_chi2) if report.reduced_chi2 is not None else 'n/a'}"
+                     + (f", R2 {report.r2:.6f}" if report.r2 is not None else ""))
+    else:
+        lines.append(f"errors from the Hessian of the loss summed over {report.rows:,} rows, taken as a negative "
+                     "log-likelihood (the loss is not a sum of squares)")
+    lines.append(f"AIC {_num(report.aic)}, BIC {_num(report.bic)}")
+    lines += [f"warning: {w}" for w in report.warnings]
+    return lines
 
 
 def _headline(run) -> str:

@@ -27,7 +27,7 @@ LAYERS = [
     ("IR", {"irtext", "verify", "interp", "passes"}),
     ("AD", {"activity", "reverse", "forward", "events"}),
     ("backend", {"abi", "codegen", "runtime", "kernels"}),
-    ("driver", {"limits", "pipeline", "derivatives", "data", "params", "diagnose", "gradcheck", "commands", "train"}),
+    ("driver", {"limits", "pipeline", "derivatives", "report", "data", "params", "diagnose", "gradcheck", "commands", "train"}),
     ("CLI", {"cli", "render"}),
 ]
 LAYER = {module: k for k, (_, modules) in enumerate(LAYERS) for module in modules}

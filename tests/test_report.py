@@ -1,0 +1,138 @@
+"""The fit report (dlang/report.py): standard errors, correlations and fit statistics at the
+fitted params, against independent computations in NumPy: ordinary least squares, Gauss-Newton
+with a hand-written Jacobian for a nonlinear model, and the Hessian path against the
+least-squares path on a Gaussian negative log-likelihood written by hand."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dlang.commands import prepare
+from dlang.frontend import compile_source
+from dlang.pipeline import compile_kernels
+from dlang.report import fit_report, report_json, squared_terms
+
+from conftest import PROGRAMS
+
+
+def test_linear_least_squares_matches_ordinary_least_squares():
+    p = prepare(str(PROGRAMS / "scaling.dl"), str(PROGRAMS / "data" / "scaling.csv"), None)
+    raw, ref = p.data[:, 0], p.data[:, 1]
+    X = np.column_stack([raw, np.ones_like(raw)])
+    beta = np.linalg.lstsq(X, ref, rcond=None)[0]
+    res = ref - X @ beta
+    s2 = res @ res / (len(ref) - 2)
+    cov = s2 * np.linalg.inv(X.T @ X)
+    r = fit_report(p.kernels, p.data, {"scale": beta[0], "offset": beta[1]})
+    assert r.method == "least squares" and r.residuals == 200 and r.dof == 198
+    assert r.stderr["scale"] == pytest.approx(math.sqrt(cov[0, 0]), rel=1e-9)
+    assert r.stderr["offset"] == pytest.approx(math.sqrt(cov[1, 1]), rel=1e-9)
+    assert r.correlation[0, 1] == pytest.approx(cov[0, 1] / math.sqrt(cov[0, 0] * cov[1, 1]), rel=1e-9)
+    assert r.chi2 == pytest.approx(res @ res, rel=1e-9)
+    assert r.r2 == pytest.approx(1 - res @ res / np.sum((ref - ref.mean()) ** 2), rel=1e-12)
+    m = 200
+    assert r.aic == pytest.approx(m * math.log(res @ res / m) + 4, rel=1e-9)
+    assert r.bic == pytest.approx(m * math.log(res @ res / m) + 2 * math.log(m), rel=1e-9)
+
+
+DECAY = """
+data t, y
+param a = 1.0
+param k = 0.5
+loss 2.0 * (a * exp(-k * t) - y)^2     # a constant weight: residuals sqrt(2) (model - y)
+"""
+
+
+def test_nonlinear_least_squares_matches_gauss_newton_by_hand():
+    rng = np.random.default_rng(3)
+    t = np.linspace(0, 4, 60)
+    y = 2.0 * np.exp(-0.7 * t) + rng.normal(0, 0.02, t.size)
+    prog = compile_source(DECAY, "decay.dl")
+    kernels = compile_kernels(prog)
+    data = np.column_stack([t, y])
+    a, k = 2.0, 0.7  # Gauss-Newton to the optimum, with the Jacobian written by hand
+    for _ in range(50):
+        f = a * np.exp(-k * t)
+        J = np.sqrt(2.0) * np.column_stack([np.exp(-k * t), -a * t * np.exp(-k * t)])
+        r = np.sqrt(2.0) * (f - y)
+        step = np.linalg.solve(J.T @ J, -J.T @ r)
+        a, k = a + step[0], k + step[1]
+    f = a * np.exp(-k * t)
+    J = np.sqrt(2.0) * np.column_stack([np.exp(-k * t), -a * t * np.exp(-k * t)])
+    r = np.sqrt(2.0) * (f - y)
+    cov = (r @ r / (t.size - 2)) * np.linalg.inv(J.T @ J)
+    rep = fit_report(kernels, data, {"a": a, "k": k})
+    assert rep.stderr["a"] == pytest.approx(math.sqrt(cov[0, 0]), rel=1e-6)
+    assert rep.stderr["k"] == pytest.approx(math.sqrt(cov[1, 1]), rel=1e-6)
+    assert rep.sigma == pytest.approx(math.sqrt(r @ r / (t.size - 2)), rel=1e-9)
+    assert rep.r2 is not None and rep.r2 > 0.99  # each residual is model - data column y
+
+
+LINE_LS = "data x, y\nparam a = 0.0\nparam b = 0.0\nloss (y - a * x - b)^2\n"
+LINE_NLL = ("data x, y\nparam a = 0.0\nparam b = 0.0\nconst sigma2 = SIGMA2\n"
+            "e = y - a * x - b\nloss 0.5 * e * e / sigma2 + 0.5 * log(sigma2)\n")
+
+
+def test_the_hessian_path_agrees_with_least_squares_on_a_gaussian_likelihood():
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0, 2, 80)
+    y = 1.5 * x - 0.3 + rng.normal(0, 0.1, x.size)
+    data = np.column_stack([x, y])
+    X = np.column_stack([x, np.ones_like(x)])
+    a, b = np.linalg.lstsq(X, y, rcond=None)[0]
+    ls = fit_report(compile_kernels(compile_source(LINE_LS, "ls.dl")), data, {"a": a, "b": b})
+    s2 = ls.chi2 / ls.dof
+    nll_prog = compile_source(LINE_NLL.replace("SIGMA2", repr(float(s2))), "nll.dl")
+    assert squared_terms(nll_prog) is None
+    nll = fit_report(compile_kernels(nll_prog), data, {"a": a, "b": b})
+    assert nll.method == "negative log-likelihood" and ls.method == "least squares"
+    for name in ("a", "b"):
+        assert nll.stderr[name] == pytest.approx(ls.stderr[name], rel=1e-8)
+    assert nll.correlation[0, 1] == pytest.approx(ls.correlation[0, 1], rel=1e-8)
+
+
+def test_unidentifiable_params_get_a_warning_and_no_errors():
+    prog = compile_source("data x, y\nparam a = 1.0\nparam b = 1.0\nloss (a * b * x - y)^2\n", "ab.dl")
+    data = np.column_stack([np.linspace(0, 1, 20), 2.0 * np.linspace(0, 1, 20)])
+    rep = fit_report(compile_kernels(prog), data, {"a": 1.0, "b": 2.0})
+    assert rep.stderr is None and rep.correlation is None
+    assert any("cannot be estimated" in w and "'a'" in w and "'b'" in w for w in rep.warnings)
+
+
+def test_train_prints_errors_and_writes_the_report(run_cli, tmp_path):
+    out, report = tmp_path / "fit.json", tmp_path / "report.json"
+    r = run_cli("train", PROGRAMS / "scaling.dl", "--data", PROGRAMS / "data" / "scaling.csv", "--out", out,
+                "--report", report)
+    assert r.code == 0, r.err
+    assert "± stderr" in r.out and "least squares: 200 residuals, 198 degrees of freedom" in r.out
+    got = json.loads(report.read_text())
+    assert set(got) >= {"params", "stderr", "correlation", "loss", "rows", "residuals", "dof", "sigma", "chi2",
+                        "aic", "bic", "r2", "converged", "stopped", "warnings"}
+    assert got["correlation"]["names"] == ["scale", "offset"] and got["converged"] is True
+    assert got["params"] == json.loads(out.read_text())
+    j = run_cli("train", PROGRAMS / "scaling.dl", "--data", PROGRAMS / "data" / "scaling.csv", "--out", out,
+                "--json")
+    final = json.loads(j.out.strip().splitlines()[-1])
+    assert final["report"]["stderr"]["scale"] == pytest.approx(got["stderr"]["scale"], rel=1e-6)
+
+
+def test_a_likelihood_fit_says_where_its_errors_come_from(run_cli, tmp_path):
+    r = run_cli("train", PROGRAMS / "logistic_regression.dl", "--data", PROGRAMS / "data" / "logistic_regression.csv",
+                "--out", tmp_path / "fit.json")
+    assert r.code == 0, r.err
+    assert "negative log-likelihood" in r.out and "± stderr" in r.out
+
+
+def test_report_path_must_be_writable(run_cli, tmp_path):
+    r = run_cli("train", PROGRAMS / "scaling.dl", "--data", PROGRAMS / "data" / "scaling.csv", "--out",
+                tmp_path / "fit.json", "--report", tmp_path / "missing" / "r.json")
+    assert r.code == 1 and "--report" in r.err and "does not exist" in r.err
+
+
+def test_report_json_has_no_nan():
+    p = prepare(str(PROGRAMS / "scaling.dl"), str(PROGRAMS / "data" / "scaling.csv"), None)
+    text = json.dumps(report_json(fit_report(p.kernels, p.data, p.params)), allow_nan=False)
+    assert "stderr" in text
