@@ -213,6 +213,9 @@ def train(
                                                                        "to this CSV file.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per epoch, then one with the "
                                                           "fitted params (and the fit report).")] = False,
+    fix: Annotated[Optional[list[str]], typer.Option("--fix", metavar="NAME",
+                                                     help="Hold this param at its start (or --init) value; "
+                                                          "may be repeated.")] = None,
     report: Annotated[Optional[str], typer.Option(metavar="JSON", help="Write the fit report (values, standard "
                                                                         "errors, correlations, chi2, AIC, BIC, R2, "
                                                                         "warnings) to this JSON file.")] = None,
@@ -234,7 +237,7 @@ def train(
     from . import commands, render
     from .train import TrainOptions
 
-    options = TrainOptions(optimizer.value, epochs, lr, batch_size, seed, tol, patience)
+    options = TrainOptions(optimizer.value, epochs, lr, batch_size, seed, tol, patience, fixed=tuple(fix or ()))
     run_options = commands.RunOptions(const, max_iterations, drop_bad_rows, _note)
     interrupted = {"count": 0}
 

@@ -283,6 +283,7 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
     data = datafile.matrix
     require_loss(program, "train")
     _warn(program, run_options)
+    _check_fixed(program, getattr(options, "fixed", ()))
     params = load_params(program, init_path, options.seed)
     out = out_path or default_out(program_path)
     _check_writable(out, "--out")
@@ -318,7 +319,7 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
 
         try:
             run.report = fit_report(kernels, data, result.params, result.stopped.startswith("converged"),
-                                    result.stopped, datafile.rows)
+                                    result.stopped, datafile.rows, fixed=tuple(options.fixed))
         except DlangError as err:  # a fault where the fit ended: the fit stands, the report is left out
             run.report_error = err.diagnostics[0].message
         if report_path and run.report is not None:
@@ -326,6 +327,18 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
 
             write_text_atomically(report_path, json.dumps(report_json(run.report), indent=2) + "\n")
     return run
+
+
+def _check_fixed(program: Program, fixed) -> None:
+    import difflib
+
+    names = [p.name for p in program.params]
+    for name in fixed:
+        if name not in names:
+            close = difflib.get_close_matches(name, names, 1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise InputError(f"--fix {name}: the program has no param '{name}'{hint} (its params: "
+                             f"{', '.join(names) or 'none'})")
 
 
 def _check_writable(path: str, option: str) -> None:

@@ -361,7 +361,8 @@ def show_trained(run, json_out: bool) -> None:
         shape = "[" + ", ".join(map(str, p.type.shape)) + "]" if p.type.shape else "scalar"
         cells = [p.name, shape, _value_text(result.params[p.name])]
         if errors:
-            cells.append(_value_text(report.stderr[p.name]))
+            sd = report.stderr[p.name]
+            cells.append("fixed" if sd is None else _value_text(sd))
         table.add_row(*cells)
     if run.prepared.program.params:
         console.print(table)

@@ -149,10 +149,13 @@ def _data_sides(program: Program, terms: list[_Term]) -> list[tuple[int, float] 
 # ---- the report ------------------------------------------------------------------------------------
 
 def fit_report(kernels: Kernels, data: np.ndarray, params: dict, converged: bool = True, stopped: str = "",
-               rows=None) -> FitReport:
-    """The report at params (the fitted ones)."""
+               rows=None, fixed: tuple[str, ...] = ()) -> FitReport:
+    """The report at params (the fitted ones); params in `fixed` were held (no error, and not
+    counted among the params fitted)."""
     program = kernels.program
-    names = derivatives.entry_names(program)
+    free = derivatives.flatten(program, {q.name: np.full(q.type.shape, q.name not in fixed, float) if q.type.shape
+                                         else float(q.name not in fixed) for q in program.params}) > 0
+    names = [name for name, f in zip(derivatives.entry_names(program), free) if f]
     p = len(names)
     n = data.shape[0]
     loss = kernels.loss(data, params, rows)
@@ -162,7 +165,7 @@ def fit_report(kernels: Kernels, data: np.ndarray, params: dict, converged: bool
         residuals = pipeline.compile_kernels(residual_program(program, terms), kernels.max_iterations)
         jac = derivatives.jacobian(residuals, data, params, rows)
         r = jac.outputs.reshape(-1)
-        J = jac.d_outputs.reshape(-1, p) if p else np.zeros((r.size, 0))
+        J = jac.d_outputs.reshape(r.size, -1)[:, free]
         m = r.size
         ssr = float(r @ r)
         dof = m - p
@@ -180,7 +183,7 @@ def fit_report(kernels: Kernels, data: np.ndarray, params: dict, converged: bool
             cov = None
     else:
         _, _, h, _ = derivatives.hessian(kernels, data, params, rows)
-        cov = _inverse(h * n, names, warnings)  # the Hessian of the loss summed over the rows
+        cov = _inverse(h[np.ix_(free, free)] * n, names, warnings)  # of the loss summed over the rows
         nll = loss * n
         m, dof, sigma, chi2, r2 = n, n - p, None, None, None
         aic, bic = 2 * nll + 2 * p, 2 * nll + p * math.log(max(n, 1))
@@ -190,7 +193,9 @@ def fit_report(kernels: Kernels, data: np.ndarray, params: dict, converged: bool
         var = np.diag(cov).copy()
         if np.all(np.isfinite(var)) and np.all(var >= 0):
             sd = np.sqrt(var)
-            stderr = derivatives.unflatten(program, sd)
+            full = np.full(free.size, np.nan)
+            full[free] = sd
+            stderr = {k: (None if k in fixed else v) for k, v in derivatives.unflatten(program, full).items()}
             with np.errstate(all="ignore"):
                 corr = cov / np.outer(sd, sd)
             np.fill_diagonal(corr, 1.0)
@@ -252,7 +257,8 @@ def report_json(report: FitReport) -> dict:
     out = {
         "method": report.method,
         "params": {k: value(np.asarray(v)) for k, v in report.params.items()},
-        "stderr": None if report.stderr is None else {k: value(np.asarray(v)) for k, v in report.stderr.items()},
+        "stderr": None if report.stderr is None else {k: None if v is None else value(np.asarray(v))
+                                                      for k, v in report.stderr.items()},
         "correlation": None if report.correlation is None else {"names": report.names,
                                                                  "matrix": value(report.correlation)},
         "loss": value(report.loss), "rows": report.rows, "residuals": report.residuals, "dof": report.dof,

@@ -31,6 +31,7 @@ class TrainOptions:
     tol: float = 1e-10  # stop when the best loss improves by less than this (relative) ...
     patience: int = 20  # ... over this many epochs (adam, sgd)
     gtol: float = 1e-10  # or when the gradient norm falls below this (relative to max(1, loss))
+    fixed: tuple[str, ...] = ()  # params held at their start (--fix)
 
     def resolved(self, rows: int) -> "TrainOptions":
         """The options with defaults filled in, checked: a bad option is a user error."""
@@ -57,7 +58,8 @@ class TrainOptions:
             if batch < 1:
                 raise InputError(f"--batch-size must be at least 1, not {batch}")
             batch = min(batch, rows)
-        return TrainOptions(self.optimizer, epochs, lr, batch, self.seed, self.tol, self.patience, self.gtol)
+        return TrainOptions(self.optimizer, epochs, lr, batch, self.seed, self.tol, self.patience, self.gtol,
+                            self.fixed)
 
 
 @dataclass
@@ -141,6 +143,9 @@ class Trainer:
         self.options = options.resolved(self.rows)
         self.flat = _Flat(params)
         self.x = self.flat.pack(params)
+        # the entries the optimizer may move: a fixed param's gradient is taken as zero
+        self.free = self.flat.pack({k: np.zeros(np.shape(v)) if k in self.options.fixed else np.ones(np.shape(v))
+                                    for k, v in params.items()}) > 0
         self.best_x = self.x.copy()
         self.best_loss = math.inf
         self.best_objective = math.inf
@@ -153,6 +158,7 @@ class Trainer:
         data, labels = (self.data, self.row_labels) if rows is None else (self.data[rows], self.row_labels[rows])
         loss, grads = self.objective.grad(data, self.flat.unpack(x), labels)
         g = self.flat.pack(grads)
+        g[~self.free] = 0.0
         if not math.isfinite(loss) or not np.all(np.isfinite(g)):
             names = self.flat.non_finite(g) or self.flat.names
             what = "the loss" if not math.isfinite(loss) else "the gradient"

@@ -136,3 +136,27 @@ def test_report_json_has_no_nan():
     p = prepare(str(PROGRAMS / "scaling.dl"), str(PROGRAMS / "data" / "scaling.csv"), None)
     text = json.dumps(report_json(fit_report(p.kernels, p.data, p.params)), allow_nan=False)
     assert "stderr" in text
+
+
+def test_fix_holds_a_param_at_its_start_and_the_report_counts_only_the_others(run_cli, tmp_path):
+    out, report = tmp_path / "fit.json", tmp_path / "report.json"
+    init = tmp_path / "init.json"
+    init.write_text('{"offset": -0.25}')
+    r = run_cli("train", PROGRAMS / "scaling.dl", "--data", PROGRAMS / "data" / "scaling.csv", "--out", out,
+                "--init", init, "--fix", "offset", "--report", report)
+    assert r.code == 0, r.err
+    fitted = json.loads(out.read_text())
+    assert fitted["offset"] == -0.25 and fitted["scale"] != 1.0
+    got = json.loads(report.read_text())
+    assert got["stderr"]["offset"] is None and got["stderr"]["scale"] > 0
+    assert got["dof"] == 199 and got["correlation"]["names"] == ["scale"]
+    # the free param is the least-squares fit with the other held: scale = sum(x (y - b)) / sum(x^2)
+    p = prepare(str(PROGRAMS / "scaling.dl"), str(PROGRAMS / "data" / "scaling.csv"), None)
+    x, y = p.data[:, 0], p.data[:, 1]
+    assert fitted["scale"] == pytest.approx(np.sum(x * (y + 0.25)) / np.sum(x * x), rel=1e-6)
+    assert "fixed" in r.out
+
+
+def test_fix_names_a_param_of_the_program(run_cli):
+    r = run_cli("train", PROGRAMS / "scaling.dl", "--data", PROGRAMS / "data" / "scaling.csv", "--fix", "ofset")
+    assert r.code == 1 and "--fix ofset: the program has no param 'ofset'; did you mean 'offset'?" in r.err
