@@ -362,19 +362,83 @@ def write_history(path: str, history) -> None:
 @dataclass
 class RunReport:
     header: list[str]
-    table: np.ndarray  # rows x (1 + output columns): loss, outputs
-    mean_loss: float
+    table: np.ndarray  # rows x columns: loss, outputs (predicting: the data columns read, outputs)
+    mean_loss: float | None  # None when predicting (the loss's columns are not in the data)
 
 
 def run(program_path: str, data_path: str | None, params_path: str | None,
         options: "RunOptions | list[str] | None" = None, out_path: str | None = None) -> RunReport:
-    """Every row's loss and outputs."""
+    """Every row's loss and outputs; or, on data without the columns only the loss reads, the
+    outputs predicted, beside the data columns read (so rows can be matched)."""
     if out_path:
         _check_writable(out_path, "--out")
+    options = _options(options)
+    program = pipeline.compile_file(program_path, options.consts, stop_after="check")
+    missing = _loss_only_missing(program, data_path)
+    if missing:
+        return _predict(program, data_path, params_path, options, missing)
     p = prepare(program_path, data_path, params_path, options)
     losses, outs = p.kernels.forward_rows(p.data, p.params, p.rows)
     header = ["loss"] + output_columns(p.program)
     return RunReport(header, np.column_stack([losses, outs]), float(np.mean(losses)))
+
+
+def _data_columns(d) -> list[str]:
+    return [f"{d.name}_{k}" for k in range(d.type.shape[0])] if d.type.shape else [d.name]
+
+
+def _loss_only_missing(program: Program, data_path: str | None) -> list[str]:
+    """The data inputs the CSV lacks, when every one of them is read only by the loss (no output
+    depends on it) and the program has outputs to predict; else []."""
+    import csv
+    import io
+
+    from .data import read_text
+    from .events import depends
+
+    if not data_path or not program.data or not program.outputs:
+        return []
+    text = read_text(data_path)
+    header = [h.strip() for h in next(csv.reader(io.StringIO(text.lstrip("\ufeff").split("\n", 1)[0])), [])]
+    absent = [d for d in program.data if not all(c in header for c in _data_columns(d))
+              and not (d.type.shape and all(f"{d.name}{k}" in header for k in range(d.type.shape[0])))]
+    if not absent:
+        return []
+    outputs = program.body.results[1:1 + len(program.outputs)]
+    ids = {a.id for a in outputs if hasattr(a, "id")}
+    for d, v in zip(program.data, program.data_vars):
+        if d in absent and depends(program, {v.id}) & ids:
+            return []  # an output needs it: the usual error about the missing column follows
+    return [d.name for d in absent]
+
+
+def _predict(program: Program, data_path: str, params_path: str | None, options: RunOptions,
+             missing: list[str]) -> RunReport:
+    from dataclasses import replace as _replace
+
+    from .abi import data_layout
+
+    present = tuple(d for d in program.data if d.name not in missing)
+    view = _replace(program, data=present)
+    datafile = read_data(view, data_path, options.drop_bad_rows)
+    note = datafile.note(data_path)
+    if note and options.on_note:
+        options.on_note(note)
+    if options.on_note:
+        options.on_note(f"predicting: the data have no column for {', '.join(missing)}, which only the loss reads; "
+                        "the loss is left out")
+    rows = datafile.matrix.shape[0]
+    full = np.full((rows, sum(w for _, w in data_layout(program))), np.nan)
+    read = dict(zip([d.name for d in present], data_layout(view)))
+    for d, (col, width) in zip(program.data, data_layout(program)):
+        if d.name in read:
+            src, _ = read[d.name]
+            full[:, col:col + width] = datafile.matrix[:, src:src + width]
+    params = load_params(program, params_path)
+    kernels = pipeline.compile_kernels(program, options.max_iterations)
+    _, outs = kernels.forward_rows(full, params, datafile.rows)
+    header = [c for d in present for c in _data_columns(d)] + output_columns(program)
+    return RunReport(header, np.column_stack([datafile.matrix, outs]), None)
 
 
 def output_columns(program: Program) -> list[str]:

@@ -427,8 +427,9 @@ def write_run(report, out: str | None) -> None:
         write_text_atomically(out, text)
     else:
         sys.stdout.write(text)
-    sys.stderr.write(f"mean loss {report.mean_loss:.10g} over {report.table.shape[0]} "
-                     f"row{'s' * (report.table.shape[0] != 1)}\n")
+    if report.mean_loss is not None:
+        sys.stderr.write(f"mean loss {report.mean_loss:.10g} over {report.table.shape[0]} "
+                         f"row{'s' * (report.table.shape[0] != 1)}\n")
 
 
 # ---- dlang bench --------------------------------------------------------------------------------

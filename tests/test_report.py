@@ -160,3 +160,32 @@ def test_fix_holds_a_param_at_its_start_and_the_report_counts_only_the_others(ru
 def test_fix_names_a_param_of_the_program(run_cli):
     r = run_cli("train", PROGRAMS / "scaling.dl", "--data", PROGRAMS / "data" / "scaling.csv", "--fix", "ofset")
     assert r.code == 1 and "--fix ofset: the program has no param 'ofset'; did you mean 'offset'?" in r.err
+
+
+# ---- predictions: dlang run on data without the loss's columns -----------------------------------------
+
+def test_run_predicts_outputs_on_data_without_the_target_column(run_cli, tmp_path):
+    csv = tmp_path / "new.csv"
+    csv.write_text("v0\n20.0\n25.5\n")
+    params = tmp_path / "p.json"
+    params.write_text('{"drag": 0.05, "angle": 0.45}')
+    r = run_cli("run", PROGRAMS / "projectile_landing.dl", "--data", csv, "--params", params)
+    assert r.code == 0, r.err
+    lines = r.out.strip().splitlines()
+    assert lines[0] == "v0,landing"  # the input column kept, the loss left out
+    assert [float(line.split(",")[0]) for line in lines[1:]] == [20.0, 25.5]
+    assert "predicting: the data have no column for dist, which only the loss reads" in r.err
+    # the same landing as a full run on data with a target
+    full = tmp_path / "full.csv"
+    full.write_text("v0,dist\n20.0,1.0\n25.5,1.0\n")
+    f = run_cli("run", PROGRAMS / "projectile_landing.dl", "--data", full, "--params", params)
+    want = [float(line.split(",")[1]) for line in f.out.strip().splitlines()[1:]]
+    got = [float(line.split(",")[1]) for line in lines[1:]]
+    assert got == pytest.approx(want, rel=1e-14)
+
+
+def test_a_column_an_output_needs_is_still_an_error(run_cli, tmp_path):
+    csv = tmp_path / "new.csv"
+    csv.write_text("dist\n20.0\n")
+    r = run_cli("run", PROGRAMS / "projectile_landing.dl", "--data", csv)
+    assert r.code == 1 and "no column 'v0'" in r.err
