@@ -213,6 +213,10 @@ def train(
                                                                        "to this CSV file.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per epoch, then one with the "
                                                           "fitted params (and the fit report).")] = False,
+    starts: Annotated[int, typer.Option("--starts", metavar="N",
+                                        help="Fit from N spread-out starts (the given one and N - 1 around it), "
+                                             "in parallel over the cores; keep the best and say how many "
+                                             "reached it.")] = 1,
     fix: Annotated[Optional[list[str]], typer.Option("--fix", metavar="NAME",
                                                      help="Hold this param at its start (or --init) value; "
                                                           "may be repeated.")] = None,
@@ -237,7 +241,8 @@ def train(
     from . import commands, render
     from .train import TrainOptions
 
-    options = TrainOptions(optimizer.value, epochs, lr, batch_size, seed, tol, patience, fixed=tuple(fix or ()))
+    options = TrainOptions(optimizer.value, epochs, lr, batch_size, seed, tol, patience, fixed=tuple(fix or ()),
+                           starts=starts)
     run_options = commands.RunOptions(const, max_iterations, drop_bad_rows, _note)
     interrupted = {"count": 0}
 

@@ -261,12 +261,57 @@ def default_out(program_path: str) -> str:
 
 
 @dataclass
+class StartsSummary:
+    n: int
+    losses: list[float]        # each start's best loss, in start order (the given start first)
+    best: int                  # the start whose fit was best
+    reached: int               # starts that ended within REACHED of the best loss
+
+    REACHED = 1e-6             # relative
+
+    def as_json(self) -> dict:
+        import math
+
+        return {"n": self.n, "best": self.best, "reached": self.reached,
+                "losses": [x if math.isfinite(x) else None for x in self.losses]}
+
+
+def _multi_start(kernels, gradient, data, params, options, rows) -> tuple[dict, StartsSummary]:
+    """Fits from options.starts spread-out starts, in parallel over the cores (processes: the
+    kernels pickle and load from the kernel cache): the best params and how the starts ended."""
+    import math
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from .train import fit_from, spread_starts
+
+    starts = spread_starts(params, options.starts, options.seed, options.fixed)
+    workers = max(1, min(len(starts), os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(fit_from, kernels, data, s, options, rows, gradient) for s in starts]
+        ended = []
+        for f in futures:
+            try:
+                ended.append(f.result())
+            except DlangError:  # a start where the program faults: it does not count
+                ended.append((math.inf, None, "fault", ""))
+    losses = [loss if status == "done" and math.isfinite(loss) else math.inf for loss, _, status, _ in ended]
+    best = min(range(len(losses)), key=lambda k: losses[k])
+    if not math.isfinite(losses[best]):
+        return params, StartsSummary(len(starts), losses, 0, 0)
+    tol = StartsSummary.REACHED * max(1.0, abs(losses[best]))
+    reached = sum(1 for x in losses if x <= losses[best] + tol)
+    return ended[best][1], StartsSummary(len(starts), losses, best, reached)
+
+
+@dataclass
 class TrainRun:
     prepared: Prepared
     result: object  # train.TrainResult
     out: str
     written: bool = True  # whether the params were written to `out`
     report: object = None  # report.FitReport at the fitted params (a fit that finished)
+    starts: "StartsSummary | None" = None  # --starts N: how the fits from the other starts ended
     report_error: str | None = None  # why there is no report, when computing it failed
 
 
@@ -297,13 +342,18 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
     gradient = event_kernels(program, run_options.max_iterations) if events == "auto" else None
     if gradient is not None:
         check_tape_fits(gradient.adjoint, "train")
+    starts = None
+    if options.starts > 1:  # the best of several fits; then the fit below polishes it, with progress
+        options.resolved(data.shape[0])  # a bad option is said before any fit starts
+        params, starts = _multi_start(kernels, gradient, data, params, options,
+                                      datafile.rows)
     trainer = Trainer(kernels, data, params, options, datafile.rows, gradient)
     finished = written = False
     try:
         result = trainer.run(on_epoch, should_stop)
         finished = True
     finally:  # even on an error (a fault in some row), what was learnt so far is kept
-        if trainer.history or (finished and not os.path.exists(out)):
+        if trainer.history or starts is not None or (finished and not os.path.exists(out)):
             best = trainer.flat.unpack(trainer.best_x)
             write_params(out, best)
             written = True
@@ -313,7 +363,7 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
         x, rows, what = trainer.bad_point
         at, labels = (data, trainer.row_labels) if rows is None else (data[rows], trainer.row_labels[rows])
         result.origin = non_finite_origin(kernels, at, trainer.flat.unpack(x), what, labels)
-    run = TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, out, written)
+    run = TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, out, written, starts=starts)
     if result.status == "done":
         from .report import fit_report, report_json
 

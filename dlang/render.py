@@ -344,6 +344,8 @@ def show_trained(run, json_out: bool) -> None:
                  "stopped": result.stopped, "status": result.status, "out": run.out}
         if run.report is not None:
             final["report"] = report_json(run.report)
+        if run.starts is not None:
+            final["starts"] = run.starts.as_json()
         print(json.dumps(final))
         if result.status != "done":
             _console(stderr=True).print(f"{_headline(run)}", highlight=False)
@@ -369,11 +371,28 @@ def show_trained(run, json_out: bool) -> None:
     err = _console(stderr=True)
     target = err if result.status != "done" else console
     target.print(_headline(run), highlight=False)
+    if run.starts is not None:
+        console.print(starts_line(run.starts), highlight=False)
     if report is not None:
         for line in report_lines(report):
             console.print(line, highlight=False)
     elif run.report_error:
         err.print(f"no fit report: {run.report_error}", highlight=False)
+
+
+def starts_line(starts) -> str:
+    import math
+
+    best = starts.losses[starts.best]
+    others = [x for x in starts.losses if not (x <= best + starts.REACHED * max(1.0, abs(best)))]
+    finite = [x for x in others if math.isfinite(x)]
+    line = (f"{starts.n} starts: {starts.reached} reached the best loss {_num(best)} (start {starts.best + 1}; "
+            f"within {starts.REACHED:g} relative)")
+    if finite:
+        line += f"; the others ended at losses {_num(min(finite))} to {_num(max(finite))}"
+    if len(finite) < len(others):
+        line += f"; {len(others) - len(finite)} failed (a fault or a non-finite loss)"
+    return line
 
 
 def report_lines(report) -> list[str]:

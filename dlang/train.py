@@ -32,6 +32,7 @@ class TrainOptions:
     patience: int = 20  # ... over this many epochs (adam, sgd)
     gtol: float = 1e-10  # or when the gradient norm falls below this (relative to max(1, loss))
     fixed: tuple[str, ...] = ()  # params held at their start (--fix)
+    starts: int = 1  # fits from spread-out starts (--starts); the best is kept
 
     def resolved(self, rows: int) -> "TrainOptions":
         """The options with defaults filled in, checked: a bad option is a user error."""
@@ -58,8 +59,10 @@ class TrainOptions:
             if batch < 1:
                 raise InputError(f"--batch-size must be at least 1, not {batch}")
             batch = min(batch, rows)
+        if self.starts < 1:
+            raise InputError(f"--starts must be at least 1, not {self.starts}")
         return TrainOptions(self.optimizer, epochs, lr, batch, self.seed, self.tol, self.patience, self.gtol,
-                            self.fixed)
+                            self.fixed, self.starts)
 
 
 @dataclass
@@ -357,6 +360,37 @@ def _step_too_far(fault: RuntimeFault) -> bool:
     """A fault a trial point of the line search may cause (a while loop past its cap: a
     simulator whose params went where it never stops), as opposed to a bug in the program."""
     return getattr(fault, "kind", None) == "while"
+
+
+def spread_starts(params: dict, n: int, seed: int, fixed=()) -> list[dict]:
+    """n starts: the given one, then n - 1 spread around it, each entry x moved by z * max(|x|, 1)
+    with z a Latin-hypercube sample of the standard normal (every stratum of z used once per
+    entry, so the starts cover both sides of the start)."""
+    from statistics import NormalDist
+
+    rng = np.random.default_rng([seed, 7919])
+    flat = _Flat(params)
+    x0 = flat.pack(params)
+    moved = flat.pack({k: np.zeros(np.shape(v)) if k in fixed else np.ones(np.shape(v)) for k, v in params.items()})
+    m = n - 1
+    out = [dict(params)]
+    if m <= 0:
+        return out
+    z = np.empty((m, x0.size))
+    for j in range(x0.size):
+        strata = (np.arange(m) + rng.uniform(size=m)) / m
+        z[:, j] = rng.permutation([NormalDist().inv_cdf(min(max(q, 1e-9), 1 - 1e-9)) for q in strata])
+    for k in range(m):
+        out.append(flat.unpack(x0 + moved * z[k] * np.maximum(np.abs(x0), 1.0)))
+    return out
+
+
+def fit_from(kernels: Kernels, data: np.ndarray, params: dict, options: TrainOptions, rows=None,
+             gradient: Kernels | None = None) -> tuple[float, dict, str, str]:
+    """One fit, without progress (a multi-start worker): (loss, params, status, why it stopped)."""
+    one = TrainOptions(**{**options.__dict__, "starts": 1})
+    result = Trainer(kernels, data, params, one, rows, gradient).run()
+    return result.loss, result.params, result.status, result.stopped
 
 
 class _Interrupted(Exception):

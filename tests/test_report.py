@@ -189,3 +189,31 @@ def test_a_column_an_output_needs_is_still_an_error(run_cli, tmp_path):
     csv.write_text("dist\n20.0\n")
     r = run_cli("run", PROGRAMS / "projectile_landing.dl", "--data", csv)
     assert r.code == 1 and "no column 'v0'" in r.err
+
+
+# ---- multi-start ------------------------------------------------------------------------------------------
+
+TWO_MINIMA = "param a = 0.8\nloss (a * a - 1.0)^2 + 0.3 * a    # minima near a = 1 (local) and a = -1 (global)\n"
+
+
+def test_starts_find_the_global_minimum_and_say_how_many_reached_it(run_cli, write_program, tmp_path):
+    prog = write_program(TWO_MINIMA)
+    one = tmp_path / "one.json"
+    assert run_cli("train", prog, "--out", one).code == 0
+    assert json.loads(one.read_text())["a"] > 0  # from its start, the local minimum
+    out = tmp_path / "many.json"
+    r = run_cli("train", prog, "--starts", "8", "--out", out, "--json")
+    assert r.code == 0, r.err
+    final = json.loads(r.out.strip().splitlines()[-1])
+    a = json.loads(out.read_text())["a"]
+    assert a < 0 and (a * a - 1) * 4 * a + 0.3 == pytest.approx(0, abs=1e-6)  # the global minimum
+    starts = final["starts"]
+    assert starts["n"] == 8 and 1 <= starts["reached"] < 8 and len(starts["losses"]) == 8
+    assert min(starts["losses"]) == pytest.approx(final["loss"], rel=1e-9)
+    table = run_cli("train", prog, "--starts", "8", "--out", out)
+    assert "8 starts: " in table.out and "reached the best loss" in table.out and "the others ended at" in table.out
+
+
+def test_starts_must_be_positive(run_cli, write_program):
+    r = run_cli("train", write_program(TWO_MINIMA), "--starts", "0")
+    assert r.code == 1 and "--starts must be at least 1" in r.err
