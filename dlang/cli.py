@@ -192,6 +192,7 @@ class Optimizer(str, Enum):
     lbfgs = "lbfgs"
     adam = "adam"
     sgd = "sgd"
+    lm = "lm"
 
 
 @app.command()
@@ -202,7 +203,8 @@ def train(
                                                        "adam and sgd); training stops earlier once it converges.")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate for adam and sgd (default 0.01).")] = None,
     optimizer: Annotated[Optimizer, typer.Option(help="lbfgs (full batch, the default), adam or sgd "
-                                                      "(with momentum 0.9).")] = Optimizer.lbfgs,
+                                                      "(with momentum 0.9), or lm (trust-region least squares, "
+                                                      "for a loss that is a sum of squares).")] = Optimizer.lbfgs,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Rows per step for adam and sgd "
                                                                            "(default 32).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the shuffle and of random param starts.")] = 0,

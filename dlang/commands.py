@@ -347,6 +347,9 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
         options.resolved(data.shape[0])  # a bad option is said before any fit starts
         params, starts = _multi_start(kernels, gradient, data, params, options,
                                       datafile.rows)
+    if options.optimizer == "lm":
+        return _train_lm(program, kernels, gradient, data, params, options, datafile, out, history_path,
+                         report_path, on_epoch, run_options)
     trainer = Trainer(kernels, data, params, options, datafile.rows, gradient)
     finished = written = False
     try:
@@ -364,19 +367,47 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
         at, labels = (data, trainer.row_labels) if rows is None else (data[rows], trainer.row_labels[rows])
         result.origin = non_finite_origin(kernels, at, trainer.flat.unpack(x), what, labels)
     run = TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, out, written, starts=starts)
-    if result.status == "done":
-        from .report import fit_report, report_json
-
-        try:
-            run.report = fit_report(kernels, data, result.params, result.stopped.startswith("converged"),
-                                    result.stopped, datafile.rows, fixed=tuple(options.fixed))
-        except DlangError as err:  # a fault where the fit ended: the fit stands, the report is left out
-            run.report_error = err.diagnostics[0].message
-        if report_path and run.report is not None:
-            import json
-
-            write_text_atomically(report_path, json.dumps(report_json(run.report), indent=2) + "\n")
+    _attach_report(run, kernels, data, result, options, datafile, report_path)
     return run
+
+
+def _train_lm(program, kernels, gradient, data, params, options, datafile, out, history_path, report_path,
+              on_epoch, run_options) -> TrainRun:
+    """--optimizer lm: least squares on the residuals of the loss's squared terms (those of the
+    event program where it has events: its residuals move with the events' times)."""
+    from .report import residual_program, squared_terms
+    from .train import fit_least_squares
+
+    objective = gradient.program if gradient is not None else program
+    terms = squared_terms(objective)
+    if terms is None:
+        raise InputError(Diagnostic("--optimizer lm needs a loss that is a square or a sum of squares at the top "
+                                    "level of the program, such as loss (prediction - target)^2; use lbfgs",
+                                    None, program.source_path))
+    residuals = pipeline.compile_kernels(residual_program(objective, terms), run_options.max_iterations)
+    result = fit_least_squares(residuals, kernels, data, params, options, datafile.rows, on_epoch)
+    write_params(out, result.params)
+    if history_path:
+        write_history(history_path, result.history)
+    run = TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, out, True)
+    _attach_report(run, kernels, data, result, options, datafile, report_path)
+    return run
+
+
+def _attach_report(run, kernels, data, result, options, datafile, report_path) -> None:
+    if result.status != "done":
+        return
+    from .report import fit_report, report_json
+
+    try:
+        run.report = fit_report(kernels, data, result.params, result.stopped.startswith("converged"),
+                                result.stopped, datafile.rows, fixed=tuple(options.fixed))
+    except DlangError as err:  # a fault where the fit ended: the fit stands, the report is left out
+        run.report_error = err.diagnostics[0].message
+    if report_path and run.report is not None:
+        import json
+
+        write_text_atomically(report_path, json.dumps(report_json(run.report), indent=2) + "\n")
 
 
 def _check_fixed(program: Program, fixed) -> None:

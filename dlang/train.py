@@ -12,8 +12,8 @@ import numpy as np
 from .errors import InputError, RuntimeFault
 from .kernels import Kernels
 
-OPTIMIZERS = ("lbfgs", "adam", "sgd")
-DEFAULT_EPOCHS = {"lbfgs": 500, "adam": 300, "sgd": 300}
+OPTIMIZERS = ("lbfgs", "adam", "sgd", "lm")
+DEFAULT_EPOCHS = {"lbfgs": 500, "adam": 300, "sgd": 300, "lm": 200}
 DEFAULT_LR = {"adam": 0.01, "sgd": 0.01}
 DEFAULT_BATCH = 32
 MOMENTUM = 0.9
@@ -45,11 +45,12 @@ class TrainOptions:
             raise InputError(f"--tol must be a number at least 0, not {self.tol}")
         if self.patience < 1:
             raise InputError(f"--patience must be at least 1, not {self.patience}")
-        if self.optimizer == "lbfgs":
+        if self.optimizer in ("lbfgs", "lm"):
             if self.batch_size is not None:
-                raise InputError("--batch-size works with --optimizer adam or sgd; lbfgs uses every row each step")
+                raise InputError(f"--batch-size works with --optimizer adam or sgd; {self.optimizer} uses every "
+                                 "row each step")
             if self.lr is not None:
-                raise InputError("--lr works with --optimizer adam or sgd; lbfgs chooses its own steps")
+                raise InputError(f"--lr works with --optimizer adam or sgd; {self.optimizer} chooses its own steps")
             lr, batch = None, rows
         else:
             lr = DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
@@ -383,6 +384,71 @@ def spread_starts(params: dict, n: int, seed: int, fixed=()) -> list[dict]:
     for k in range(m):
         out.append(flat.unpack(x0 + moved * z[k] * np.maximum(np.abs(x0), 1.0)))
     return out
+
+
+def fit_least_squares(residuals: Kernels, kernels: Kernels, data: np.ndarray, params: dict, options: TrainOptions,
+                      rows=None, on_epoch=None) -> TrainResult:
+    """Trust-region least squares (SciPy's least_squares, method "trf": Levenberg-Marquardt-like
+    steps on the residuals' Jacobian, ready for bounds) on a residual program's outputs, its
+    Jacobian by forward mode. An epoch is one Jacobian; every loss reported is `kernels`'s (the
+    program's own)."""
+    from scipy.optimize import least_squares
+
+    from . import derivatives
+
+    options = options.resolved(data.shape[0])
+    flat = _Flat(params)
+    x0 = flat.pack(params)
+    free = flat.pack({k: np.zeros(np.shape(v)) if k in options.fixed else np.ones(np.shape(v))
+                      for k, v in params.items()}) > 0
+    labels = np.arange(1, data.shape[0] + 1) if rows is None else np.asarray(rows)
+    history: list[Epoch] = []
+    best = {"loss": math.inf, "x": x0.copy()}
+    clock = [time.perf_counter()]
+
+    def full(xf):
+        x = x0.copy()
+        x[free] = xf
+        return x
+
+    def fun(xf):
+        _, outs = residuals.forward_rows(data, flat.unpack(full(xf)), labels)
+        return outs.reshape(-1)
+
+    def jac(xf):
+        x = full(xf)
+        j = derivatives.jacobian(residuals, data, flat.unpack(x), labels)
+        r = j.outputs.reshape(-1)
+        J = j.d_outputs.reshape(r.size, -1)[:, free]
+        loss = kernels.loss(data, flat.unpack(x), labels)
+        if math.isfinite(loss) and loss < best["loss"]:
+            best["loss"], best["x"] = loss, x.copy()
+        now = time.perf_counter()
+        e = Epoch(len(history) + 1, options.epochs, loss, best["loss"], float(np.linalg.norm(J.T @ r)),
+                  data.shape[0], now - clock[0])
+        clock[0] = now
+        history.append(e)
+        if on_epoch:
+            on_epoch(e)
+        return J
+
+    if not free.any():
+        loss = kernels.loss(data, params, labels)
+        return TrainResult(dict(params), loss, 0, "nothing to fit: every param is fixed", "done", history)
+    try:
+        res = least_squares(fun, x0[free], jac=jac, method="trf", max_nfev=options.epochs, x_scale="jac",
+                            ftol=1e-12, xtol=1e-12, gtol=1e-12)
+    except ValueError as err:  # SciPy: residuals not finite at the start
+        return TrainResult(flat.unpack(best["x"]), best["loss"], len(history),
+                           f"the residuals went non-finite ({err})", "non-finite", history,
+                           list(flat.names))
+    x = full(res.x)
+    loss = kernels.loss(data, flat.unpack(x), labels)
+    if not (math.isfinite(loss) and loss <= best["loss"]):
+        x, loss = best["x"], best["loss"]
+    why = res.message[0].lower() + res.message[1:] if res.message else ""
+    stopped = f"converged: {why}" if res.status > 0 else f"stopped: {why}"
+    return TrainResult(flat.unpack(x), loss, len(history), stopped, "done", history)
 
 
 def fit_from(kernels: Kernels, data: np.ndarray, params: dict, options: TrainOptions, rows=None,

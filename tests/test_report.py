@@ -217,3 +217,43 @@ def test_starts_find_the_global_minimum_and_say_how_many_reached_it(run_cli, wri
 def test_starts_must_be_positive(run_cli, write_program):
     r = run_cli("train", write_program(TWO_MINIMA), "--starts", "0")
     assert r.code == 1 and "--starts must be at least 1" in r.err
+
+
+# ---- --optimizer lm ------------------------------------------------------------------------------------
+
+def test_lm_fits_least_squares_to_the_exact_optimum(run_cli, tmp_path):
+    out = tmp_path / "fit.json"
+    r = run_cli("train", PROGRAMS / "scaling.dl", "--data", PROGRAMS / "data" / "scaling.csv", "--optimizer", "lm",
+                "--out", out)
+    assert r.code == 0, r.err
+    p = prepare(str(PROGRAMS / "scaling.dl"), str(PROGRAMS / "data" / "scaling.csv"), None)
+    X = np.column_stack([p.data[:, 0], np.ones(p.data.shape[0])])
+    beta = np.linalg.lstsq(X, p.data[:, 1], rcond=None)[0]
+    fitted = json.loads(out.read_text())
+    assert fitted["scale"] == pytest.approx(beta[0], rel=1e-6) and fitted["offset"] == pytest.approx(beta[1], rel=1e-6)
+    assert "± stderr" in r.out
+
+
+def test_lm_fits_a_simulator_with_events(run_cli, tmp_path):
+    """The contract's projectile: lm works on the residuals of its event program."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gen", PROGRAMS / "events" / "generate.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    gen.write(tmp_path)
+    out = tmp_path / "fit.json"
+    r = run_cli("train", PROGRAMS / "projectile.dl", "--data", tmp_path / "projectile.csv", "--optimizer", "lm",
+                "--out", out)
+    assert r.code == 0, r.err
+    fitted = json.loads(out.read_text())
+    assert fitted["drag"] == pytest.approx(0.05, rel=0.02) and fitted["angle"] == pytest.approx(0.8, rel=0.02)
+
+
+def test_lm_needs_a_sum_of_squares(run_cli):
+    r = run_cli("train", PROGRAMS / "logistic_regression.dl", "--data", PROGRAMS / "data" / "logistic_regression.csv",
+                "--optimizer", "lm")
+    assert r.code == 1 and "--optimizer lm needs a loss that is a square or a sum of squares" in r.err
+    r = run_cli("train", PROGRAMS / "scaling.dl", "--data", PROGRAMS / "data" / "scaling.csv", "--optimizer", "lm",
+                "--lr", "0.1")
+    assert r.code == 1 and "--lr works with --optimizer adam or sgd" in r.err
