@@ -9,6 +9,8 @@ reports every independent problem. Functions are inlined at each call.
 """
 from __future__ import annotations
 
+import math
+
 import difflib
 from dataclasses import dataclass
 
@@ -192,8 +194,37 @@ class _Checker:
                 if value is None:
                     continue
                 spec = ("value", float(value))
-            out.append(ir.ParamInput(item.name, self.params[item.name].type, spec))
+            bounds = self.bounds(item, spec)
+            if bounds is False:
+                continue
+            out.append(ir.ParamInput(item.name, self.params[item.name].type, spec, bounds))
         return tuple(out)
+
+    def bounds(self, item: n.ParamDecl, spec: tuple):
+        """A param's `in (lo, hi)`: the numbers, None without one, False after reporting an error."""
+        b = item.bounds
+        if b is None:
+            return None
+
+        def number(e):
+            if isinstance(e, n.Name) and e.id == "inf":
+                return math.inf
+            if isinstance(e, n.Unary) and e.op == "neg" and isinstance(e.operand, n.Name) and e.operand.id == "inf":
+                return -math.inf
+            return self.const_eval.eval(e, f"a bound of param {item.name}")
+
+        lo, hi = number(b.lo), number(b.hi)
+        if lo is None or hi is None:
+            return False
+        lo, hi = float(lo), float(hi)
+        if not lo < hi:
+            self.report(f"the bounds of param {item.name} must have lo < hi, not ({lo:g}, {hi:g})", b.span)
+            return False
+        if spec[0] == "value" and not lo < spec[1] < hi:
+            self.report(f"the starting value {spec[1]:g} of param {item.name} is not inside its bounds "
+                        f"({lo:g}, {hi:g})", item.init.span)
+            return False
+        return (lo, hi)
 
     # ---- the program body ----------------------------------------------------------------
 

@@ -285,7 +285,8 @@ def _multi_start(kernels, gradient, data, params, options, rows) -> tuple[dict, 
 
     from .train import fit_from, spread_starts
 
-    starts = spread_starts(params, options.starts, options.seed, options.fixed)
+    starts = spread_starts(params, options.starts, options.seed, options.fixed,
+                           {p.name: p.bounds for p in kernels.program.params if p.bounds})
     workers = max(1, min(len(starts), os.cpu_count() or 1))
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(fit_from, kernels, data, s, options, rows, gradient) for s in starts]

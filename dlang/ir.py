@@ -145,6 +145,7 @@ class ParamInput:
     name: str
     type: Type
     init: tuple
+    bounds: tuple[float, float] | None = None  # the open interval (lo, hi) its values stay in
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,10 @@ def initial_params(prog: Program, seed: int = 0) -> dict:
         rng = np.random.default_rng([seed, zlib.crc32(p.name.encode())])
         b = rest[0]
         draw = rng.normal(a, b, p.type.shape) if kind == "normal" else rng.uniform(a, b, p.type.shape)
+        if p.bounds is not None:  # a draw outside the bounds: just inside them
+            lo, hi = p.bounds
+            gap = 1e-6 * max(1.0, min(abs(lo) if np.isfinite(lo) else 1.0, abs(hi) if np.isfinite(hi) else 1.0))
+            draw = np.clip(draw, lo + gap if np.isfinite(lo) else -np.inf, hi - gap if np.isfinite(hi) else np.inf)
         values[p.name] = draw if p.type.shape else float(draw)
     return values
 

@@ -61,7 +61,8 @@ def print_program(program: Program) -> str:
     for p in program.params:
         kind, *args = p.init
         init = f"= {args[0]!r}" if kind == "value" else f"~ {kind}({args[0]!r}, {args[1]!r})"
-        out.append(f"param {p.name}: {p.type} {init}")
+        bounds = f" in ({p.bounds[0]!r}, {p.bounds[1]!r})" if p.bounds is not None else ""
+        out.append(f"param {p.name}: {p.type} {init}{bounds}")
     for o in program.outputs:
         out.append(f"output {o}")
     for g in program.grads:
@@ -294,7 +295,16 @@ class _Parser:
                     b = self.number()
                     self.take(")")
                     init = (dist, a, b)
-                params.append(ParamInput(name, type_, init))
+                bounds = None
+                if self.peek("in"):
+                    self.take("in")
+                    self.take("(")
+                    lo = self.number()
+                    self.take(",")
+                    hi = self.number()
+                    self.take(")")
+                    bounds = (lo, hi)
+                params.append(ParamInput(name, type_, init, bounds))
             elif word == "output":
                 outputs.append(self.take(kind="name"))
             elif word == "grad":

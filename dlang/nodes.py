@@ -138,10 +138,18 @@ class RandomInit(Node):
 
 
 @dataclass(frozen=True)
+class Bounds(Node):
+    """`in (lo, hi)` after a param's start: the open interval its values stay in."""
+    lo: Expr
+    hi: Expr
+
+
+@dataclass(frozen=True)
 class ParamDecl(Node):
     name: str
     shape: tuple[Expr, ...]
     init: Expr | RandomInit
+    bounds: Bounds | None = None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,10 @@ def load_params(program: Program, path: str | None, seed: int = 0, start: dict |
         except InputError as err:  # point at the param's entry in the file
             d = err.diagnostics[0]
             raise _error(path, d.message, _key_span(text, name), text) from None
+        bounds = next(p.bounds for p in program.params if p.name == name)
+        if bounds is not None and not np.all((np.asarray(params[name]) > bounds[0]) & (np.asarray(params[name]) < bounds[1])):
+            raise _error(path, f"param '{name}' must stay inside its bounds ({bounds[0]:g}, {bounds[1]:g}), but the "
+                               "file gives a value outside them", _key_span(text, name), text)
     return params
 
 

@@ -188,6 +188,11 @@ def fit_report(kernels: Kernels, data: np.ndarray, params: dict, converged: bool
         m, dof, sigma, chi2, r2 = n, n - p, None, None, None
         aic, bic = 2 * nll + 2 * p, 2 * nll + p * math.log(max(n, 1))
         method = "negative log-likelihood"
+    on_bound = _on_bounds(program, params, fixed)
+    if on_bound:
+        warnings.append(f"{', '.join(repr(x) for x in on_bound)} {'is' if len(on_bound) == 1 else 'are'} at a bound: "
+                        "the errors cannot be estimated there")
+        cov = None
     stderr = corr = None
     if cov is not None:
         var = np.diag(cov).copy()
@@ -209,6 +214,24 @@ def fit_report(kernels: Kernels, data: np.ndarray, params: dict, converged: bool
                             "(the fit may not be at a minimum)")
     return FitReport(method, dict(params), names, stderr, corr, loss, n, m, dof, sigma, chi2, aic, bic, r2,
                      converged, stopped, warnings)
+
+
+ON_BOUND = 1e-6  # relative: a param this close to a bound is at it
+
+
+def _on_bounds(program: Program, params: dict, fixed) -> list[str]:
+    """The param entries (names) at one of their bounds."""
+    out = []
+    names = iter(derivatives.entry_names(program))
+    for p in program.params:
+        values = np.ravel(np.asarray(params[p.name], float))
+        for v in values:
+            name = next(names)
+            if p.bounds is None or p.name in fixed:
+                continue
+            if any(np.isfinite(b) and abs(v - b) <= ON_BOUND * max(1.0, abs(b)) for b in p.bounds):
+                out.append(name)
+    return out
 
 
 def _inverse(a: np.ndarray, names: list[str], warnings: list[str]) -> np.ndarray | None:

@@ -108,15 +108,20 @@ class _ToAst(Transformer_NonRecursive):
     def shape(self, meta, dims):
         return tuple(dims)
 
+    def bounds(self, meta, c):
+        return n.Bounds(c[0], c[1], span=_span(meta))
+
     def param_decl(self, meta, c):
+        bounds = c.pop() if isinstance(c[-1], n.Bounds) else None
         shape = c[1] if len(c) == 3 else ()
-        return n.ParamDecl(str(c[0]), shape, c[-1], span=_span(meta))
+        return n.ParamDecl(str(c[0]), shape, c[-1], bounds, span=_span(meta))
 
     def param_random(self, meta, c):
+        bounds = c.pop() if isinstance(c[-1], n.Bounds) else None
         shape = c[1] if len(c) == 4 else ()
         dist, args = c[-2], c[-1]
         init = n.RandomInit(str(dist), args, _span(dist), span=_span(dist).to(_span(meta)))
-        return n.ParamDecl(str(c[0]), shape, init, span=_span(meta))
+        return n.ParamDecl(str(c[0]), shape, init, bounds, span=_span(meta))
 
     def fn_def(self, meta, c):
         name, (params, spans), body = c

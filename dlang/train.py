@@ -96,18 +96,67 @@ class TrainResult:
 
 
 class _Flat:
-    """Params dict <-> one flat float vector, in the program's param order."""
+    """Params dict <-> one flat float vector, in the program's param order. With bounds (name ->
+    (lo, hi)), the vector is in the unconstrained space the optimizers move in, as Stan does:
+    x = lo + exp(u) for (lo, inf), hi - exp(u) for (-inf, hi), lo + (hi - lo) sigmoid(u) for
+    (lo, hi); `grad` takes a gradient with respect to the params to one with respect to u."""
 
-    def __init__(self, params: dict):
+    def __init__(self, params: dict, bounds: dict | None = None):
         self.names = list(params)
         self.shapes = [np.shape(params[k]) for k in self.names]
         self.sizes = [int(np.prod(s)) if s else 1 for s in self.shapes]
+        lo, hi = [], []
+        for name, size in zip(self.names, self.sizes):
+            b = (bounds or {}).get(name) or (-np.inf, np.inf)
+            lo += [b[0]] * size
+            hi += [b[1]] * size
+        self.lo, self.hi = np.array(lo, float), np.array(hi, float)
+        self.both = np.isfinite(self.lo) & np.isfinite(self.hi)
+        self.below = np.isfinite(self.lo) & ~self.both
+        self.above = np.isfinite(self.hi) & ~self.both
+        self.bounded = bool(self.both.any() or self.below.any() or self.above.any())
 
-    def pack(self, params: dict) -> np.ndarray:
+    def _raw(self, params: dict) -> np.ndarray:
         return np.concatenate([np.ravel(np.asarray(params[k], float)) for k in self.names]) if self.names \
             else np.zeros(0)
 
-    def unpack(self, x: np.ndarray) -> dict:
+    def pack(self, params: dict) -> np.ndarray:
+        x = self._raw(params)
+        if not self.bounded:
+            return x
+        u = x.copy()
+        with np.errstate(all="ignore"):
+            u[self.below] = np.log(x[self.below] - self.lo[self.below])
+            u[self.above] = np.log(self.hi[self.above] - x[self.above])
+            t = (x[self.both] - self.lo[self.both]) / (self.hi[self.both] - self.lo[self.both])
+            u[self.both] = np.log(t) - np.log1p(-t)
+        return u
+
+    def constrained(self, u: np.ndarray) -> np.ndarray:
+        if not self.bounded:
+            return u
+        x = u.copy()
+        with np.errstate(all="ignore"):
+            x[self.below] = self.lo[self.below] + np.exp(u[self.below])
+            x[self.above] = self.hi[self.above] - np.exp(u[self.above])
+            s = 1.0 / (1.0 + np.exp(-u[self.both]))
+            x[self.both] = self.lo[self.both] + (self.hi[self.both] - self.lo[self.both]) * s
+        return x
+
+    def grad(self, grads: dict, u: np.ndarray) -> np.ndarray:
+        """d loss / d u from d loss / d params, at u."""
+        g = self._raw(grads)
+        if not self.bounded:
+            return g
+        with np.errstate(all="ignore"):
+            g[self.below] *= np.exp(u[self.below])
+            g[self.above] *= -np.exp(u[self.above])
+            s = 1.0 / (1.0 + np.exp(-u[self.both]))
+            g[self.both] *= (self.hi[self.both] - self.lo[self.both]) * s * (1.0 - s)
+        return g
+
+    def unpack(self, u: np.ndarray) -> dict:
+        x = self.constrained(u)
         out, k = {}, 0
         for name, shape, size in zip(self.names, self.shapes, self.sizes):
             out[name] = x[k:k + size].reshape(shape).copy() if shape else float(x[k])
@@ -145,10 +194,10 @@ class Trainer:
         self.row_labels = np.arange(1, data.shape[0] + 1) if row_labels is None else np.asarray(row_labels)
         self.rows = data.shape[0]
         self.options = options.resolved(self.rows)
-        self.flat = _Flat(params)
+        self.flat = _Flat(params, {p.name: p.bounds for p in kernels.program.params if p.bounds})
         self.x = self.flat.pack(params)
         # the entries the optimizer may move: a fixed param's gradient is taken as zero
-        self.free = self.flat.pack({k: np.zeros(np.shape(v)) if k in self.options.fixed else np.ones(np.shape(v))
+        self.free = self.flat._raw({k: np.zeros(np.shape(v)) if k in self.options.fixed else np.ones(np.shape(v))
                                     for k, v in params.items()}) > 0
         self.best_x = self.x.copy()
         self.best_loss = math.inf
@@ -161,7 +210,7 @@ class Trainer:
     def loss_and_grad(self, x: np.ndarray, rows: np.ndarray | None = None) -> tuple[float, np.ndarray]:
         data, labels = (self.data, self.row_labels) if rows is None else (self.data[rows], self.row_labels[rows])
         loss, grads = self.objective.grad(data, self.flat.unpack(x), labels)
-        g = self.flat.pack(grads)
+        g = self.flat.grad(grads, x)
         g[~self.free] = 0.0
         if not math.isfinite(loss) or not np.all(np.isfinite(g)):
             names = self.flat.non_finite(g) or self.flat.names
@@ -363,16 +412,16 @@ def _step_too_far(fault: RuntimeFault) -> bool:
     return getattr(fault, "kind", None) == "while"
 
 
-def spread_starts(params: dict, n: int, seed: int, fixed=()) -> list[dict]:
+def spread_starts(params: dict, n: int, seed: int, fixed=(), bounds: dict | None = None) -> list[dict]:
     """n starts: the given one, then n - 1 spread around it, each entry x moved by z * max(|x|, 1)
     with z a Latin-hypercube sample of the standard normal (every stratum of z used once per
     entry, so the starts cover both sides of the start)."""
     from statistics import NormalDist
 
     rng = np.random.default_rng([seed, 7919])
-    flat = _Flat(params)
+    flat = _Flat(params, bounds)  # spread in the unconstrained space: every start inside the bounds
     x0 = flat.pack(params)
-    moved = flat.pack({k: np.zeros(np.shape(v)) if k in fixed else np.ones(np.shape(v)) for k, v in params.items()})
+    moved = flat._raw({k: np.zeros(np.shape(v)) if k in fixed else np.ones(np.shape(v)) for k, v in params.items()})
     m = n - 1
     out = [dict(params)]
     if m <= 0:
@@ -401,6 +450,7 @@ def fit_least_squares(residuals: Kernels, kernels: Kernels, data: np.ndarray, pa
     x0 = flat.pack(params)
     free = flat.pack({k: np.zeros(np.shape(v)) if k in options.fixed else np.ones(np.shape(v))
                       for k, v in params.items()}) > 0
+    box = _Flat(params, {p.name: p.bounds for p in kernels.program.params if p.bounds})
     labels = np.arange(1, data.shape[0] + 1) if rows is None else np.asarray(rows)
     history: list[Epoch] = []
     best = {"loss": math.inf, "x": x0.copy()}
@@ -437,7 +487,7 @@ def fit_least_squares(residuals: Kernels, kernels: Kernels, data: np.ndarray, pa
         return TrainResult(dict(params), loss, 0, "nothing to fit: every param is fixed", "done", history)
     try:
         res = least_squares(fun, x0[free], jac=jac, method="trf", max_nfev=options.epochs, x_scale="jac",
-                            ftol=1e-12, xtol=1e-12, gtol=1e-12)
+                            ftol=1e-12, xtol=1e-12, gtol=1e-12, bounds=(box.lo[free], box.hi[free]))
     except ValueError as err:  # SciPy: residuals not finite at the start
         return TrainResult(flat.unpack(best["x"]), best["loss"], len(history),
                            f"the residuals went non-finite ({err})", "non-finite", history,
