@@ -311,3 +311,17 @@ loss (x - x_obs)^2
     fitted, rep = json.loads(out.read_text()), json.loads(report.read_text())
     assert fitted["k"] == pytest.approx(ref.x[0], rel=1e-6) and fitted["c"] == pytest.approx(ref.x[1], rel=1e-6)
     assert rep["stderr"]["k"] == pytest.approx(se[0], rel=0.01) and rep["stderr"]["c"] == pytest.approx(se[1], rel=0.01)
+
+
+def test_a_real_data_fit_lynx_and_hare(run_cli, tmp_path):
+    """programs/real: Lotka-Volterra on the Hudson's Bay pelts (docs/training.md's example)."""
+    out, report = tmp_path / "lv.json", tmp_path / "lv_report.json"
+    r = run_cli("train", PROGRAMS / "real" / "lotka_volterra.dl", "--data", PROGRAMS / "real" / "hudson_bay.csv",
+                "--out", out, "--report", report)
+    assert r.code == 0, r.err
+    fitted, rep = json.loads(out.read_text()), json.loads(report.read_text())
+    # near the posterior means of the Stan case study on the same data
+    for k, v in {"alpha": 0.55, "beta": 0.028, "gamma": 0.80, "delta": 0.024}.items():
+        assert fitted[k] == pytest.approx(v, rel=0.1), (k, fitted[k])
+    assert rep["residuals"] == 42 and rep["dof"] == 36 and rep["method"] == "least squares"
+    assert all(0 < rep["stderr"][k] < 0.2 * fitted[k] for k in ("alpha", "beta", "gamma", "delta"))
