@@ -132,12 +132,105 @@ def read_data(program: Program, path: str | None, drop_bad_rows: bool = False) -
     if path is None:
         names = ", ".join(d.name for d in program.data)
         raise InputError(f"the program reads data ({names}); give a CSV file with --data")
+    files = _data_files(path)
+    if files == [path]:
+        return _read_one(program, path, drop_bad_rows)
+    return _joined([(f, _read_one(program, f, drop_bad_rows)) for f in files])
+
+
+DATA_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+def _data_files(path: str) -> list[str]:
+    """The files --data names: the file itself; or the CSV and Parquet files of a directory, or
+    those among the files a glob pattern matches, in name order (read as one table)."""
+    import glob
+
+    if os.path.isdir(path):
+        files = sorted(f for f in glob.glob(os.path.join(glob.escape(path), "*"))
+                       if f.lower().endswith(DATA_SUFFIXES) and os.path.isfile(f))
+        if not files:
+            raise _error(path, "is a directory with no .csv or .parquet files in it")
+        return files
+    if any(ch in path for ch in "*?[") and not os.path.exists(path):
+        files = sorted(f for f in glob.glob(path) if os.path.isfile(f) and f.lower().endswith(DATA_SUFFIXES))
+        if not files:
+            raise _error(path, "no .csv or .parquet file matches this pattern")
+        return files
+    return [path]
+
+
+def _joined(parts: list[tuple[str, "DataFile"]]) -> "DataFile":
+    """Several files' data as one table: their rows in file order (row numbers count on across
+    the files)."""
+    matrix = np.vstack([d.matrix for _, d in parts])
+    dropped = sum(d.dropped for _, d in parts)
+    total = sum(d.total or d.matrix.shape[0] for _, d in parts)
+    first = next((f"{f}: {d.first_problem}" for f, d in parts if d.first_problem), None)
+    rows = None
+    if dropped:
+        numbers, offset = [], 0
+        for _, d in parts:
+            n = d.total or d.matrix.shape[0]
+            numbers.append((np.asarray(d.rows) if d.rows is not None else np.arange(1, n + 1)) + offset)
+            offset += n
+        rows = np.concatenate(numbers)
+    return DataFile(matrix, dropped, total, first, rows)
+
+
+def _read_one(program: Program, path: str, drop_bad_rows: bool) -> "DataFile":
+    if path.lower().endswith((".parquet", ".pq")):
+        return _read_parquet(program, path, drop_bad_rows)
     raw = _read_bytes(path)
     if len(raw) >= ARROW_MIN_BYTES:  # small files: the checked reader is quick, and importing Arrow is not
         fast = _read_with_arrow(program, path, raw)
         if fast is not None:
             return DataFile(fast, 0, fast.shape[0])
     return _read_checked(program, path, _decode(path, raw), drop_bad_rows)
+
+
+def _read_parquet(program: Program, path: str, drop_bad_rows: bool) -> "DataFile":
+    """A Parquet file: the same column rules as a CSV; numeric columns only; a null or a
+    non-finite value is a bad cell, named by row and column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if os.path.isdir(path):
+        raise _error(path, "is a directory, not a Parquet file")
+    if not os.path.exists(path):
+        raise _error(path, "no such file")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise _error(path, f"cannot read the Parquet file ({str(err).splitlines()[0]})") from None
+    header = list(table.column_names)
+    cols = columns_for(program, header, path)
+    n = table.num_rows
+    if n == 0:
+        raise _error(path, "the file has no data rows")
+    matrix = np.empty((n, len(cols)))
+    bad: dict[int, str] = {}
+    for j, c in enumerate(cols):
+        name, column = header[c], table.column(c)
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            raise _error(path, f"column '{name}' holds {column.type}, not numbers")
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+        values = column.cast(pa.float64()).fill_null(float("nan")).to_numpy()
+        matrix[:, j] = values
+        for r in np.flatnonzero(nulls):
+            bad.setdefault(int(r), f"row {r + 1}, column '{name}': the cell is empty")
+        for r in np.flatnonzero(~nulls & ~np.isfinite(values)):
+            bad.setdefault(int(r), f"row {r + 1}, column '{name}': {float(values[r])!r} is not a finite number")
+    if not bad:
+        return DataFile(matrix, 0, n)
+    first = bad[min(bad)]
+    if not drop_bad_rows:
+        raise _error(path, first)
+    keep = np.array([r not in bad for r in range(n)])
+    if not keep.any():
+        raise _error(path, f"every one of the {n:,} data rows is bad, so none is left (--drop-bad-rows); "
+                           f"the first: {first}")
+    return DataFile(matrix[keep], len(bad), n, first, np.flatnonzero(keep) + 1)
 
 
 def _read_with_arrow(program: Program, path: str, raw: bytes) -> np.ndarray | None:
