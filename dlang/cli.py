@@ -49,6 +49,22 @@ ParamsOpt = Annotated[Optional[str], typer.Option("--params", metavar="JSON",
                                                   help="Params file: a JSON object of param name -> number or nested lists.")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"dlang {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print dlang's version and exit.")] = False,
+) -> None:
+    """dlang: differentiable programs from the command line."""
+
+
 @app.command()
 def check(program: ProgramArg, const: ConstOpt = None) -> None:
     """Parse and check PROGRAM; print every problem found, or a one-line summary."""

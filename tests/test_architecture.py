@@ -28,7 +28,7 @@ LAYERS = [
     ("AD", {"activity", "reverse", "forward", "events"}),
     ("backend", {"abi", "codegen", "runtime", "kernels"}),
     ("driver", {"limits", "pipeline", "derivatives", "report", "data", "params", "diagnose", "gradcheck", "commands", "train"}),
-    ("CLI", {"cli", "render"}),
+    ("CLI", {"cli", "render", "lexer"}),
 ]
 LAYER = {module: k for k, (_, modules) in enumerate(LAYERS) for module in modules}
 
