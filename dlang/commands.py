@@ -362,7 +362,7 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
             write_params(out, best)
             written = True
     if history_path:
-        write_history(history_path, result.history)
+        write_history(history_path, result.history, trainer.start, program)
     if result.status == "non-finite" and trainer.bad_point is not None:
         x, rows, what = trainer.bad_point
         at, labels = (data, trainer.row_labels) if rows is None else (data[rows], trainer.row_labels[rows])
@@ -389,7 +389,7 @@ def _train_lm(program, kernels, gradient, data, params, options, datafile, out, 
     result = fit_least_squares(residuals, kernels, data, params, options, datafile.rows, on_epoch)
     write_params(out, result.params)
     if history_path:
-        write_history(history_path, result.history)
+        write_history(history_path, result.history, None, program)
     run = TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, out, True)
     _attach_report(run, kernels, data, result, options, datafile, report_path)
     return run
@@ -435,10 +435,30 @@ def _check_writable(path: str, option: str) -> None:
         raise InputError(f"{option} {path}: cannot write to {directory}")
 
 
-def write_history(path: str, history) -> None:
-    lines = ["epoch,loss,grad_norm,best_loss"]
-    lines += [f"{e.epoch},{e.loss!r},{e.grad_norm!r},{e.best_loss!r}" for e in history]
+def write_history(path: str, history, start=None, program: Program | None = None) -> None:
+    """epoch, loss, gradient norm, best loss, then every param entry's value (columns named as
+    `dlang run` names output columns: w_0, W_0_1), one row per epoch, epoch 0 the start."""
+    epochs = ([start] if start is not None else []) + list(history)
+    columns: list[str] = []
+    if program is not None and all(e.params is not None for e in epochs):
+        columns = output_columns(_replace_outputs(program))
+    lines = [",".join(["epoch", "loss", "grad_norm", "best_loss"] + columns)]
+    for e in epochs:
+        cells = [str(e.epoch), repr(e.loss), repr(e.grad_norm), repr(e.best_loss)]
+        if columns:
+            cells += [repr(float(v)) for p in program.params for v in np.ravel(np.asarray(e.params[p.name], float))]
+        lines.append(",".join(cells))
     write_text_atomically(path, "\n".join(lines) + "\n")
+
+
+def _replace_outputs(program: Program) -> Program:
+    """The program as if its params were its outputs (to name their columns as outputs are)."""
+    from dataclasses import replace as _r
+
+    from .ir import Block
+
+    body = Block(program.body.params, (), (program.body.results[0], *program.param_vars))
+    return _r(program, outputs=tuple(p.name for p in program.params), body=body)
 
 
 @dataclass

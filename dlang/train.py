@@ -77,6 +77,7 @@ class Epoch:
     grad_norm: float
     rows: int  # rows processed (gradient evaluations x rows)
     seconds: float
+    params: dict | None = None  # the params at the end of the epoch (for --history)
 
     @property
     def rows_per_second(self) -> float:
@@ -204,6 +205,7 @@ class Trainer:
         self.best_objective = math.inf
         self.history: list[Epoch] = []
         self.bad_point = None  # (params vector, batch rows, what) where the loss or gradient went non-finite
+        self.start: Epoch | None = None  # "epoch 0": the start (for --history)
 
     # ---- evaluation ------------------------------------------------------------------------
 
@@ -240,7 +242,7 @@ class Trainer:
         if math.isfinite(objective) and objective < self.best_objective:
             self.best_objective = objective
             self.best_loss, self.best_x = loss, x.copy()
-        e = Epoch(epoch, self.options.epochs, loss, self.best_loss, grad_norm, rows, seconds)
+        e = Epoch(epoch, self.options.epochs, loss, self.best_loss, grad_norm, rows, seconds, self.flat.unpack(x))
         self.history.append(e)
         if on_epoch:
             on_epoch(e)
@@ -283,6 +285,7 @@ class Trainer:
         rng = np.random.default_rng(o.seed)
         x = self.x
         start_loss = self.full_loss(x)  # the starting params are the best so far until beaten
+        self.start = Epoch(0, o.epochs, start_loss, start_loss, float("nan"), self.rows, 0.0, self.flat.unpack(x))
         if math.isfinite(start_loss):
             self.best_loss, self.best_x = start_loss, x.copy()
             self.best_objective = start_loss if self.objective is self.kernels else self.objective_loss(x)
@@ -336,6 +339,8 @@ class Trainer:
         f, g = self.loss_and_grad(x)
         self.best_loss, self.best_x = self.reported(x, f), x.copy()
         self.best_objective = f
+        self.start = Epoch(0, o.epochs, self.best_loss, self.best_loss, float(np.linalg.norm(g)), self.rows, 0.0,
+                           self.flat.unpack(x))
         memory: list[tuple[np.ndarray, np.ndarray, float]] = []
         stalled = 0
         for epoch in range(1, o.epochs + 1):

@@ -104,8 +104,12 @@ def test_json_lines_history_and_default_out_path(run_cli, linreg, tmp_path):
     assert set(final["params"]) == {"w", "b"} and final["out"] == str(tmp_path / "model.params.json")
     assert read_params(tmp_path / "model.params.json") == final["params"]
     rows = history.read_text().strip().splitlines()
-    assert rows[0] == "epoch,loss,grad_norm,best_loss" and len(rows) == 5
+    # epoch 0 (the start) and 4 epochs; each param entry's value per epoch (named as run names outputs)
+    assert rows[0] == "epoch,loss,grad_norm,best_loss,w_0,w_1,w_2,w_3,b" and len(rows) == 6
+    assert rows[1].split(",")[0] == "0" and [float(x) for x in rows[1].split(",")[4:]] == [0.0] * 5
     assert float(rows[-1].split(",")[1]) == pytest.approx(lines[-2]["loss"], rel=1e-12)
+    last = [float(x) for x in rows[-1].split(",")[4:]]
+    assert all(x != 0.0 for x in last)  # adam moved every entry from its start
 
 
 def test_init_starts_from_a_params_file(run_cli, linreg, tmp_path):
