@@ -448,10 +448,14 @@ def _row(w: _Writer, program: Program) -> None:
         w.block(program.body, 2)
 
 
+def _kernel(m: _Module, program: Program, fault_return) -> tuple[_Writer, list[str]]:
+    """A kernel function's writer (a fault returns fault_return(code)) and its params' names."""
+    w = _Writer(m, Namer(), tapes_of(program), fault_return)
+    return w, _param_names(program, w.n)
+
+
 def _forward(m: _Module, program: Program) -> list[str]:
-    namer = Namer()
-    w = _Writer(m, namer, tapes_of(program), lambda code: f"return {code}, dl_r")
-    params = _param_names(program, namer)
+    w, params = _kernel(m, program, lambda code: f"return {code}, dl_r")
     _head(w, program)
     _tapes_start(w, program, None)
     _row(w, program)
@@ -471,9 +475,7 @@ def _forward(m: _Module, program: Program) -> list[str]:
 
 
 def _loss(m: _Module, program: Program) -> list[str]:
-    namer = Namer()
-    w = _Writer(m, namer, tapes_of(program), lambda code: f"return 0.0, {code}, dl_r")
-    params = _param_names(program, namer)
+    w, params = _kernel(m, program, lambda code: f"return 0.0, {code}, dl_r")
     _head(w, program)
     _tapes_start(w, program, None)
     w.line(1, "dl_loss = 0.0")
@@ -525,12 +527,10 @@ def _accumulate(w: _Writer, indent: int, g: str, term: Atom, fused: dict[int, Eq
 
 
 def _grad(m: _Module, program: Program) -> list[str]:
-    namer = Namer()
-    w = _Writer(m, namer, tapes_of(program), lambda code: f"return {code}, dl_r")
+    w, params = _kernel(m, program, lambda code: f"return {code}, dl_r")
     w.words = True
-    params = _param_names(program, namer)
     slots = program.grad_types()  # one per gradient: a param's (or, derived programs, another's)
-    grads = [namer.unique("dl_g") for _ in slots]
+    grads = [w.n.unique("dl_g") for _ in slots]
     fused = _fused(program)
     w.skipped = set(fused)
     _head(w, program)

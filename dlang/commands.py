@@ -495,15 +495,24 @@ def _loss_only_missing(program: Program, data_path: str | None) -> list[str]:
     import csv
     import io
 
-    from .data import read_text
+    from dataclasses import replace as _replace
+
+    from .data import columns_for, read_text
     from .events import depends
 
-    if not data_path or not program.data or not program.outputs:
+    if not data_path or not program.data or not program.outputs or not data_path.lower().endswith(".csv"):
         return []
     text = read_text(data_path)
     header = [h.strip() for h in next(csv.reader(io.StringIO(text.lstrip("\ufeff").split("\n", 1)[0])), [])]
-    absent = [d for d in program.data if not all(c in header for c in _data_columns(d))
-              and not (d.type.shape and all(f"{d.name}{k}" in header for k in range(d.type.shape[0])))]
+
+    def lacks(d) -> bool:  # by the reader's own column rules
+        try:
+            columns_for(_replace(program, data=(d,)), header, data_path)
+            return False
+        except InputError:
+            return True
+
+    absent = [d for d in program.data if lacks(d)]
     if not absent:
         return []
     outputs = program.body.results[1:1 + len(program.outputs)]

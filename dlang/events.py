@@ -40,8 +40,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .ir import (BOOL, F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Stmt, Type, Var, WhileLoop,
-                 blocks_of, defined_anywhere, defined_in, reads, renumber, vars_read, walk)
-from .prims import REGISTRY, result_type
+                 defined_anywhere, defined_in, renumber, vars_read, walk)
+from .builder import Builder
+from .prims import REGISTRY
 
 ZERO = Lit(0.0, F64)
 TRUE = Lit(True, BOOL)
@@ -191,21 +192,7 @@ def _blocker(program: Program, dep: set[int]) -> tuple[str, tuple | None]:
 
 # ---- the event-aware program ------------------------------------------------------------------------------
 
-class _Builder:
-    def __init__(self, next_id: int):
-        self.next_id = next_id
-        self.stmts: list[Stmt] = []
-        self.loc = None
-
-    def fresh(self, t: Type, hint: str = "") -> Var:
-        self.next_id += 1
-        return Var(self.next_id, t, hint)
-
-    def op(self, name: str, *ins: Atom, **params) -> Var:
-        out = self.fresh(result_type(name, [a.type for a in ins], params))
-        self.stmts.append(Eqn((out,), name, tuple(sorted(params.items())), tuple(ins), self.loc))
-        return out
-
+class _Builder(Builder):
     def region(self, fn) -> tuple[tuple[Stmt, ...], tuple[Atom, ...]]:
         saved, self.stmts = self.stmts, []
         results = tuple(fn())
@@ -250,14 +237,6 @@ def _margin(cond: Atom, eqns, dep: set[int]):
 
 def _straight(block: Block) -> bool:
     return all(isinstance(s, Eqn) and s.op not in ("push", "pop", "seal", "sweep") for s in block.eqns)
-
-
-def _time_stepping(s: ForLoop | WhileLoop) -> bool:
-    """Whether a loop is taken for one that steps time: every `for` and `while` loop. (A loop
-    that jumps from event to event, like the gallery's bouncing_ball.dl, has results that are
-    continuous across its events; its `while n < max_bounces and ...` condition is compound,
-    which _margin leaves exact.)"""
-    return True
 
 
 def _steps_time(s: WhileLoop) -> bool:
@@ -345,12 +324,13 @@ class _Events:
                 out.append(replace(s, then=self.block(s.then), orelse=self.block(s.orelse)))
                 continue
             s = replace(s, body=self.block(s.body))
-            pairs: list = []
-            if _time_stepping(s):
-                s, pairs = self.if_events(s)
+            # every loop is taken for one that steps time (a loop that jumps from event to event,
+            # like the gallery's bouncing_ball.dl, has results continuous across its events; its
+            # compound `while` condition is left exact by exit_event)
+            s, pairs = self.if_events(s)
             mapping: dict[int, Atom] = {}
             self.counters = {}
-            if isinstance(s, WhileLoop) and _time_stepping(s):
+            if isinstance(s, WhileLoop):
                 s, extra, mapping = self.exit_event(s)
                 out.append(s)
                 out += extra
@@ -447,8 +427,8 @@ class _Events:
         s = body.eqns[index]
         b.loc = s.loc
         inside = defined_in(body)
-        free = [v for v in vars_read(Block((), (s,), ())) if v.type == F64 and v.id in inside
-                and v.id not in defined_anywhere(Block((), (s,), ()))]
+        own = defined_anywhere(Block((), (s,), ()))
+        free = [v for v in vars_read(Block((), (s,), ())) if v.type == F64 and v.id in inside and v.id not in own]
         n, nz = len(slots), len(free)
         # carried: seen, c1, m1, flag1, a1, gap, PA[n], R[n], w1[n], w2[n], z1[nz]
         types = [BOOL, BOOL, F64, BOOL, F64, F64] + [F64] * (4 * n + nz)

@@ -31,27 +31,26 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .activity import TapePairs, activity, carried_slots, differentiable, tape_key
+from .builder import Builder
 from .ir import (F64, Atom, Block, Eqn, ForLoop, IfElse, Lit, ParamInput, Program, Stmt, Type, Var, WhileLoop,
                  defined_anywhere, renumber, tape_ops)
-from .prims import REGISTRY, MissingRule, evaluate, result_type
+from .prims import REGISTRY, MissingRule
 
 
-class Forward:
+class Forward(Builder):
     """The tangent transformation of one program's body."""
 
     def __init__(self, program: Program, directions: int, seeds: dict[int, list], wanted: tuple[Atom, ...],
                  first_id: int):
         if program.prelude or program.sums:
             raise ValueError("forward mode takes a program before the kernel passes (no prelude, no sums)")
+        super().__init__(first_id)
         self.k = directions
         seeded = {vid for vid, ts in seeds.items() if any(t is not None for t in ts)}
         self.active = activity(program, seeded, wanted)
         self.pairs = TapePairs.of(program.body)
-        self.next_id = first_id
         self.tan: dict[int, list] = {vid: list(ts) for vid, ts in seeds.items()}
-        self.stmts: list[Stmt] = []
         self.cache: list[dict] = [{}]
-        self.loc = None
         self.tape_next: dict[int, int] = {}
         for e in tape_ops(program.body):
             tape, ident = tape_key(e)
@@ -60,35 +59,16 @@ class Forward:
 
     # ---- the builder the JVP rules use --------------------------------------------------------
 
-    def fresh(self, type_: Type, hint: str = "") -> Var:
-        self.next_id += 1
-        return Var(self.next_id, type_, hint)
-
-    def p(self, a: Atom) -> Atom:
-        """A primal value: in forward mode, at hand where the tangent is computed."""
-        return a
-
-    def op(self, name: str, *ins: Atom, **params) -> Atom:
-        out_type = result_type(name, [a.type for a in ins], params)
-        if out_type == F64 and ins and all(isinstance(a, Lit) for a in ins):  # fold constants
-            return Lit(evaluate(name, params, [a.value for a in ins], F64), F64)
-        if name == "pow" and ins[1] == Lit(1.0, F64):
-            return ins[0]
-        key = (name, tuple(sorted(params.items())), ins)
+    def emit(self, name: str, ins, params: tuple, out_type: Type) -> Var:
+        """An equal equation built before in this block or an enclosing one (for another
+        direction) is reused."""
+        key = (name, params, tuple(ins))
         for level in reversed(self.cache):
             if key in level:
                 return level[key]
-        out = self.fresh(out_type)
-        self.stmts.append(Eqn((out,), name, key[1], tuple(ins), self.loc))
+        out = super().emit(name, ins, params, out_type)
         self.cache[-1][key] = out
         return out
-
-    def mul(self, a: Atom, b: Atom) -> Atom:
-        if a == Lit(1.0, F64):
-            return b
-        if b == Lit(1.0, F64):
-            return a
-        return self.op("mul", a, b)
 
     def tangents(self, a: Atom) -> list:
         if isinstance(a, Var) and a.id in self.active:

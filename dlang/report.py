@@ -125,13 +125,11 @@ def residual_program(program: Program, terms: list[_Term]) -> Program:
 def _data_sides(program: Program, terms: list[_Term]) -> list[tuple[int, float] | None]:
     """For each residual a - b (or b - a) with b a scalar data input: (its column, the sign of
     the model's side), else None."""
+    from .abi import data_layout
+
     defs = {s.outs[0].id: s for s in program.body.eqns if isinstance(s, Eqn) and s.outs}
-    columns = {}
-    col = 0
-    for d, v in zip(program.data, program.data_vars):
-        if not d.type.shape:
-            columns[v.id] = col
-        col += max(1, int(np.prod(d.type.shape))) if d.type.shape else 1
+    columns = {v.id: col for d, v, (col, _) in zip(program.data, program.data_vars, data_layout(program))
+               if not d.type.shape}
     out = []
     for t in terms:
         e = defs.get(t.value.id) if isinstance(t.value, Var) else None

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field, replace
 from .ir import (F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, ParamInput, Program, Stmt, Type, Var, WhileLoop,
                  defined_anywhere, defined_in, renumber, tape_ops, vars_read, walk)
 from .activity import TapePairs, activity, carried_slots, differentiable, tape_key
-from .prims import REGISTRY, AddAt, MissingRule, evaluate, result_type
+from .builder import Builder
+from .prims import REGISTRY, AddAt, MissingRule
 
 
 def reverse_ad(program: Program) -> Program:
@@ -51,10 +52,11 @@ class _Context:
 _RECOMPUTE = {"add", "sub", "mul", "neg", "to_float"}
 
 
-class _Reverse:
+class _Reverse(Builder):
     def __init__(self, program: Program):
         if program.prelude or program.sums:
             raise ValueError("reverse_ad takes a program before the kernel passes (no prelude, no sums)")
+        super().__init__(max(defined_anywhere(program.body) | {0}) + 1)
         self.program = program
         self.active = activity(program)
         self.pairs = TapePairs.of(program.body)
@@ -63,21 +65,14 @@ class _Reverse:
         self.tape = max(used_tapes, default=-1) + 1  # this level's tape: values the sweep reads
         self.next_tape_id = 0
         self.cotangents: dict[tuple, int] = {}  # (tape, id) of a primal pop -> id of its adjoint's push
-        self.next_id = max(defined_anywhere(program.body) | {0}) + 1
         self.adj: dict[int, Atom] = {}
-        self.stmts: list[Stmt] = []
         self.contexts: list[_Context] = []
         self.pushes: dict[int, list[tuple[Var, int]]] = {}  # id(forward block) -> (var, tape id) pushed at its end
         self.trips: dict[int, Var] = {}  # id(while statement) -> its trip count
         self.definitions = {e.outs[0].id: e for e in walk(program.body) if isinstance(e, Eqn) and e.outs}
-        self.loc = None
         self.results: list[Atom] = []
 
     # ---- building blocks used by the rules ----------------------------------------------
-
-    def fresh(self, type_: Type, hint: str = "") -> Var:
-        self.next_id += 1
-        return Var(self.next_id, type_, hint)
 
     def cotangent_tape(self, tape: int) -> int:
         """The tape the adjoints of a primal tape's popped values go on."""
@@ -86,23 +81,6 @@ class _Reverse:
     def tape_params(self, tape: int) -> tuple:
         self.next_tape_id += 1
         return (("id", self.next_tape_id), ("tape", tape))
-
-    def op(self, name: str, *ins: Atom, **params) -> Atom:
-        out_type = result_type(name, [a.type for a in ins], params)
-        if out_type == F64 and ins and all(isinstance(a, Lit) for a in ins):  # fold constants
-            return Lit(evaluate(name, params, [a.value for a in ins], F64), F64)
-        if name == "pow" and ins[1] == Lit(1.0, F64):
-            return ins[0]
-        out = self.fresh(out_type)
-        self.stmts.append(Eqn((out,), name, tuple(sorted(params.items())), tuple(ins), self.loc))
-        return out
-
-    def mul(self, a: Atom, b: Atom) -> Atom:
-        if a == Lit(1.0, F64):
-            return b
-        if b == Lit(1.0, F64):
-            return a
-        return self.op("mul", a, b)
 
     def p(self, a: Atom) -> Atom:
         """A primal value, as the reverse sweep sees it.

@@ -25,7 +25,7 @@ LAYERS = [
     ("core", {"errors", "ir", "prims"}),
     ("front end", {"nodes", "syntax", "consts", "check", "frontend"}),
     ("IR", {"irtext", "verify", "interp", "passes"}),
-    ("AD", {"activity", "reverse", "forward", "events"}),
+    ("AD", {"builder", "activity", "reverse", "forward", "events"}),
     ("backend", {"abi", "codegen", "runtime", "kernels"}),
     ("driver", {"limits", "pipeline", "derivatives", "report", "data", "params", "diagnose", "gradcheck", "commands", "train"}),
     ("CLI", {"cli", "render", "lexer"}),

@@ -85,3 +85,17 @@ def test_a_directory_or_glob_of_files_is_one_table(run_cli, tmp_path):
     assert r.code == 1 and "is a directory with no .csv or .parquet files in it" in r.err
     r = run_cli("grad", PROG, "--data", str(tmp_path / "nothing*.csv"))
     assert r.code == 1 and "no .csv or .parquet file matches this pattern" in r.err
+
+
+def test_run_reads_parquet_and_directories_too(run_cli, tmp_path):
+    table = np.loadtxt(CSV, delimiter=",", skiprows=1)
+    pq = _parquet(tmp_path / "d.parquet", {"v0": table[:, 0], "dist": table[:, 1]})
+    a, b = run_cli("run", PROG, "--data", pq), run_cli("run", PROG, "--data", CSV)
+    assert a.code == 0, a.err
+    assert [[float(x) for x in line.split(",")] for line in a.out.splitlines()[1:]] == \
+        [[float(x) for x in line.split(",")] for line in b.out.splitlines()[1:]]
+    d = tmp_path / "dir"
+    d.mkdir()
+    (d / "x.csv").write_text(CSV.read_text())
+    c = run_cli("run", PROG, "--data", d)
+    assert c.code == 0 and c.out == b.out
