@@ -27,6 +27,7 @@ from . import derivatives, pipeline
 from .ir import F64, Block, Eqn, Lit, Program, Var, renumber
 from .kernels import Kernels
 
+HESSIAN_MAX_ENTRIES = 2000  # past this, the likelihood path does not form the Hessian (one pass per 8)
 ILL_CONDITIONED = 1e12  # the largest eigenvalue over the smallest, past which errors are left out
 HIGH_CORRELATION = 0.95
 
@@ -180,8 +181,13 @@ def fit_report(kernels: Kernels, data: np.ndarray, params: dict, converged: bool
             warnings.append(f"{m} residuals for {p} params leave no degrees of freedom: the errors cannot be estimated")
             cov = None
     else:
-        _, _, h, _ = derivatives.hessian(kernels, data, params, rows)
-        cov = _inverse(h[np.ix_(free, free)] * n, names, warnings)  # of the loss summed over the rows
+        if p > HESSIAN_MAX_ENTRIES:
+            warnings.append(f"{p:,} params fitted: the Hessian is not formed (more than {HESSIAN_MAX_ENTRIES:,}), so "
+                            "the errors are not estimated")
+            cov = None
+        else:
+            _, _, h, _ = derivatives.hessian(kernels, data, params, rows)
+            cov = _inverse(h[np.ix_(free, free)] * n, names, warnings)  # of the loss summed over the rows
         nll = loss * n
         m, dof, sigma, chi2, r2 = n, n - p, None, None, None
         aic, bic = 2 * nll + 2 * p, 2 * nll + p * math.log(max(n, 1))

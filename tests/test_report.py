@@ -325,3 +325,13 @@ def test_a_real_data_fit_lynx_and_hare(run_cli, tmp_path):
         assert fitted[k] == pytest.approx(v, rel=0.1), (k, fitted[k])
     assert rep["residuals"] == 42 and rep["dof"] == 36 and rep["method"] == "least squares"
     assert all(0 < rep["stderr"][k] < 0.2 * fitted[k] for k in ("alpha", "beta", "gamma", "delta"))
+
+
+def test_a_likelihood_with_too_many_params_gets_no_hessian(monkeypatch):
+    from dlang import report
+
+    monkeypatch.setattr(report, "HESSIAN_MAX_ENTRIES", 10)
+    p = prepare(str(PROGRAMS / "mlp.dl"), str(PROGRAMS / "data" / "mlp.csv"), None)
+    rep = fit_report(p.kernels, p.data, p.params)
+    assert rep.method == "negative log-likelihood" and rep.stderr is None and math.isfinite(rep.aic)
+    assert any("21 params fitted: the Hessian is not formed" in w for w in rep.warnings)
