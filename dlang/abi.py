@@ -81,7 +81,7 @@ def grad_width(param_sizes: list[int]) -> int:
 
 # ---- faults ---------------------------------------------------------------------------------------
 
-FAULT_KINDS = {"index": 1, "while": 2, "tape": 3}
+FAULT_KINDS = {"index": 1, "while": 2, "tape": 3, "value": 4}  # value: int() of a non-finite or huge float
 
 
 def fault_code(kind: str, line: int, col: int) -> int:

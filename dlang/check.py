@@ -63,8 +63,10 @@ class _Scope:
 
 
 class _Checker:
-    def __init__(self, prog: n.Program, overrides: dict, path: str | None, source: str | None):
+    def __init__(self, prog: n.Program, overrides: dict, path: str | None, source: str | None,
+                 column_rows: int | None = None):
         self.prog = prog
+        self.column_rows = column_rows  # the data's rows: the length of a whole column (`data x[]`)
         self.path = path
         self.source = source
         self.diags: list[Diagnostic] = []
@@ -143,13 +145,21 @@ class _Checker:
                 self.report(f"--const {name}: the program has no const named '{name}'{hint}", None)
         for name, decl in self.consts.items():
             self.const_eval.value_of(name, decl.span)
+        self.check_whole_columns()
         for item in self.prog.items:
             if isinstance(item, n.DataDecl):
                 for d in item.items:
                     if self.declare(d.name, "data", d.span):
                         self.data[d.name] = self.fresh(self.data_type(d), d.name)
+                        self.note_length(d.name, self.data[d.name].type)
             elif isinstance(item, n.ParamDecl) and self.declare(item.name, "a param", item.span):
                 self.params[item.name] = self.fresh(self.shape_type(item.shape, f"param {item.name}"), item.name)
+                self.note_length(item.name, self.params[item.name].type)
+
+    def note_length(self, name: str, t: Type) -> None:
+        """len(name) is known from here on in sizes (zeros(len(day)))."""
+        if t.shape:
+            self.const_eval.lengths[name] = t.shape[0]
 
     def shape_type(self, dims: tuple[n.Expr, ...], what: str) -> Type:
         if len(dims) > 2:
@@ -160,7 +170,19 @@ class _Checker:
             return ERR
         return Type("f64", tuple(sizes))
 
+    def check_whole_columns(self) -> None:
+        """A program reads whole columns (`data x[]`, its body run once) or one row at a time."""
+        items = [d for item in self.prog.items if isinstance(item, n.DataDecl) for d in item.items]
+        whole = [d for d in items if d.whole]
+        per_row = [d for d in items if not d.whole]
+        if whole and per_row:
+            self.report(f"data {per_row[0].name} is one row's value, but data {whole[0].name}[] reads a whole column; "
+                        "a program reads either whole columns or one row at a time",
+                        per_row[0].span, f"write data {per_row[0].name}[] to read its whole column too")
+
     def data_type(self, d: n.DataItem) -> Type:
+        if d.whole:
+            return Type("f64", (self.column_rows if self.column_rows is not None else COLUMN_ROWS_UNKNOWN,))
         if len(d.shape) > 1:
             self.report(f"data {d.name} has {len(d.shape)} dimensions; data vectors have one", d.shape[1].span)
             return ERR
@@ -245,7 +267,8 @@ class _Checker:
             if name not in self.called:
                 self.stmts = []
                 self.inline(fn, [POISON] * len(fn.params), fn.span)
-        data = tuple(ir.DataInput(name, v.type) for name, v in self.data.items())
+        whole = {d.name for item in self.prog.items if isinstance(item, n.DataDecl) for d in item.items if d.whole}
+        data = tuple(ir.DataInput(name, v.type, name in whole) for name, v in self.data.items())
         consts = tuple((k, v) for k, v in self.const_eval.values.items() if v is not None)
         has_loss = any(isinstance(s, n.Loss) for s in _all_statements(body_items))
         return ir.Program(consts, data, param_inputs, tuple(self.outputs), block, has_loss, self.path)
@@ -674,6 +697,20 @@ class _Checker:
             return POISON
         return self.emit(op, [left, right], out, e, hint)
 
+    def to_int(self, x: ir.Atom, e: n.Call) -> ir.Atom:
+        """int(x): an int as it is; a float rounded toward zero (checked when the program runs)."""
+        if x.type == I64:
+            return x
+        if x.type != F64:
+            self.report(f"int needs a number, but this is {describe(x.type)}", e.args[0].span)
+            return POISON
+        if isinstance(x, Lit):
+            if not abs(x.value) < INT_MAX:
+                self.report(f"int({x.value!r}): the value is not finite or too large for an int", e.span)
+                return POISON
+            return Lit(int(x.value), I64)
+        return self.emit("to_int", [x], I64, e, "int")
+
     def to_float(self, atom: ir.Atom, e: n.Node) -> ir.Atom:
         return self.emit("to_float", [atom], F64, e) if atom.type == I64 else atom
 
@@ -779,6 +816,8 @@ class _Checker:
         args = [self.value(a, scope) for a in e.args]
         if any(a.type == ERR for a in args):
             return POISON
+        if f == "int":
+            return self.to_int(args[0], e)
         if f == "len":
             if not args[0].type.shape:
                 self.report(f"len needs an array, but this is {describe(args[0].type)}", e.args[0].span)
@@ -865,10 +904,16 @@ def _assigned_names(items) -> set[str]:
     return names
 
 
+# The length whole columns are checked with before the data are read (`dlang check`, `emit`);
+# a program that runs is checked again with the data's number of rows.
+COLUMN_ROWS_UNKNOWN = 1000
+
+
 def check(prog: n.Program, overrides: dict | None = None, path: str | None = None,
-          source: str | None = None) -> ir.Program:
-    """Check a parsed program and lower it to IR; every error found raises together."""
-    checker = _Checker(prog, overrides or {}, path, source)
+          source: str | None = None, column_rows: int | None = None) -> ir.Program:
+    """Check a parsed program and lower it to IR; every error found raises together. Whole
+    columns (`data x[]`) are arrays of column_rows values (COLUMN_ROWS_UNKNOWN when None)."""
+    checker = _Checker(prog, overrides or {}, path, source, column_rows)
     program = checker.check_program()
     if checker.diags:
         diags = sorted(checker.diags, key=lambda d: (d.span is not None, d.span.line if d.span else 0,

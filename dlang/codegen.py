@@ -381,6 +381,10 @@ class _Writer:
         args = [self.atom(a) for a in e.ins]
         if prim.checks_index is not None:
             self.check_index(e, indent)
+        if prim.guard is not None and prim.checked_at_run_time(e.ins):
+            line, col = e.loc if e.loc else (0, 0)
+            self.line(indent, f"if {prim.guard.format(*args)}:")
+            self.fault(indent + 1, str(abi.fault_code("value", line, col)))
         buffered = "buffer" in dict(e.params)
         target = self.n[out] if buffered else self.n.define(out)
         if out.type.shape and not buffered:

@@ -47,8 +47,17 @@ def _options(options: "RunOptions | list[str] | None") -> RunOptions:
 def load_inputs(program_path: str, data_path: str | None, options: RunOptions):
     """The checked program and its data (a DataFile); the note on skipped rows goes to on_note."""
     program = pipeline.compile_file(program_path, options.consts, stop_after="check")
-    check_array_sizes(program)
-    data = read_data(program, data_path, options.drop_bad_rows)
+    if program.whole_columns and data_path:  # checked again with the columns' length: the data's rows
+        from .data import as_whole_columns, per_row_view
+
+        table = read_data(per_row_view(program), data_path, options.drop_bad_rows)
+        program = pipeline.compile_file(program_path, options.consts, stop_after="check",
+                                        column_rows=table.matrix.shape[0])
+        check_array_sizes(program)
+        data = as_whole_columns(table)
+    else:
+        check_array_sizes(program)
+        data = read_data(program, data_path, options.drop_bad_rows)
     note = data.note(data_path) if data_path else None
     if note and options.on_note:
         options.on_note(note)
@@ -466,6 +475,7 @@ class RunReport:
     header: list[str]
     table: np.ndarray  # rows x columns: loss, outputs (predicting: the data columns read, outputs)
     mean_loss: float | None  # None when predicting (the loss's columns are not in the data)
+    whole_columns: bool = False  # one run on whole columns: the loss is that run's, not a mean
 
 
 def run(program_path: str, data_path: str | None, params_path: str | None,
@@ -481,8 +491,33 @@ def run(program_path: str, data_path: str | None, params_path: str | None,
         return _predict(program, data_path, params_path, options, missing)
     p = prepare(program_path, data_path, params_path, options)
     losses, outs = p.kernels.forward_rows(p.data, p.params, p.rows)
+    if p.program.whole_columns and p.program.data:
+        return _whole_column_run(p.program, p.data, float(losses[0]), outs[0])
     header = ["loss"] + output_columns(p.program)
     return RunReport(header, np.column_stack([losses, outs]), float(np.mean(losses)))
+
+
+def _whole_column_run(program: Program, data: np.ndarray, loss: float, outs: np.ndarray) -> RunReport:
+    """A whole-column program's one run as a table of its data rows: the data columns, then each
+    output that has one value per row as a column; other outputs (scalars, other shapes) are
+    repeated on every row."""
+    n = program.data[0].type.shape[0]
+    header = [d.name for d in program.data]
+    columns = [data[0, k * n:(k + 1) * n] for k in range(len(program.data))]
+    at = 0
+    for name, r in zip(program.outputs, program.body.results[1:]):
+        width = int(np.prod(r.type.shape)) if r.type.shape else 1
+        values = outs[at:at + width]
+        at += width
+        if r.type.shape == (n,):
+            header.append(name)
+            columns.append(values)
+        else:
+            names = ([name + "".join(f"_{i}" for i in idx) for idx in np.ndindex(r.type.shape)]
+                     if r.type.shape else [name])
+            header += names
+            columns += [np.full(n, v) for v in values]
+    return RunReport(header, np.column_stack(columns), loss, whole_columns=True)
 
 
 def _data_columns(d) -> list[str]:
@@ -500,7 +535,8 @@ def _loss_only_missing(program: Program, data_path: str | None) -> list[str]:
     from .data import columns_for, read_text
     from .events import depends
 
-    if not data_path or not program.data or not program.outputs or not data_path.lower().endswith(".csv"):
+    if (not data_path or not program.data or not program.outputs or program.whole_columns
+            or not data_path.lower().endswith(".csv")):
         return []
     text = read_text(data_path)
     header = [h.strip() for h in next(csv.reader(io.StringIO(text.lstrip("\ufeff").split("\n", 1)[0])), [])]

@@ -50,6 +50,7 @@ class ConstEvaluator:
         self.path = path
         self.values: dict[str, int | float | None] = {}
         self._active: list[str] = []
+        self.lengths: dict[str, int] = {}  # len(NAME) of the data and params declared so far
 
     def value_of(self, name: str, span: Span) -> int | float | None:
         if name in self.values:
@@ -132,6 +133,9 @@ class ConstEvaluator:
             return None if v is None else -v
         if isinstance(e, n.Binary) and e.op in _ARITH:
             return self._eval_chain(e, what)
+        if (isinstance(e, n.Call) and e.func == "len" and len(e.args) == 1 and isinstance(e.args[0], n.Name)
+                and e.args[0].id in self.lengths):
+            return self.lengths[e.args[0].id]
         if isinstance(e, n.Call) and e.func in CONST_MATH:
             args = [self._eval(a, what) for a in e.args]
             if any(a is None for a in args):
@@ -142,7 +146,8 @@ class ConstEvaluator:
                 return None
             return math_scalar(e.func, args)
         self.report(
-            f"{what} must be known at compile time: use numbers, consts, arithmetic and math functions",
+            f"{what} must be known at compile time: use numbers, consts, arithmetic, math functions and "
+            "len of a data or param array",
             e.span,
         )
         return None

@@ -129,6 +129,12 @@ def read_data(program: Program, path: str | None, drop_bad_rows: bool = False) -
         if path is not None:
             read_text(path)  # a file the user named must at least exist
         return DataFile(np.zeros((1, 0)))
+    if program.whole_columns and path is not None:
+        table = read_data(per_row_view(program), path, drop_bad_rows)
+        if table.matrix.shape[0] != program.data[0].type.shape[0]:
+            raise ValueError(f"the program was checked for columns of {program.data[0].type.shape[0]} rows, "
+                             f"but the data have {table.matrix.shape[0]}")
+        return as_whole_columns(table)
     if path is None:
         names = ", ".join(d.name for d in program.data)
         raise InputError(f"the program reads data ({names}); give a CSV file with --data")
@@ -136,6 +142,22 @@ def read_data(program: Program, path: str | None, drop_bad_rows: bool = False) -
     if files == [path]:
         return _read_one(program, path, drop_bad_rows)
     return _joined([(f, _read_one(program, f, drop_bad_rows)) for f in files])
+
+
+def per_row_view(program: Program) -> Program:
+    """A whole-column program (`data x[]`) as if it read one row at a time: how its table is read."""
+    from dataclasses import replace
+
+    from .ir import F64, DataInput
+
+    return replace(program, data=tuple(DataInput(d.name, F64) for d in program.data))
+
+
+def as_whole_columns(table: DataFile) -> DataFile:
+    """A rows x columns table as the one row a whole-column program runs on: every row of the
+    first column, then every row of the second, ... (the program's data arrays, in order)."""
+    matrix = np.ascontiguousarray(table.matrix.T).reshape(1, -1)
+    return DataFile(matrix, table.dropped, table.total, table.first_problem, None)
 
 
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")

@@ -267,7 +267,7 @@ def _compound_margin(cond: Block, dep: set[int]):
         d = defs.get(i)
         if d is None or i in need:
             continue
-        if REGISTRY[d.op].checks_index is not None:
+        if REGISTRY[d.op].checks_index is not None or REGISTRY[d.op].guard is not None:
             return None, []
         need.add(i)
         stack.extend(_ids(d.ins))

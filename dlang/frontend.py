@@ -54,21 +54,23 @@ def dump_ast(path: str) -> str:
             raise _too_deep(path, source) from None
 
 
-def check_tree(tree: nodes.Program, consts, path: str | None, source: str) -> Program:
-    """Check a parsed program and lower it to IR (`consts`: --const NAME=VALUE overrides)."""
+def check_tree(tree: nodes.Program, consts, path: str | None, source: str, column_rows: int | None = None) -> Program:
+    """Check a parsed program and lower it to IR (`consts`: --const NAME=VALUE overrides;
+    column_rows: the length of whole data columns, the data's number of rows)."""
     overrides = parse_overrides(as_pairs(consts))
     source = normalise_newlines(source)
     with deep_recursion():
         try:
-            return check(tree, overrides, path, source)
+            return check(tree, overrides, path, source, column_rows)
         except RecursionError:
             raise _too_deep(path, source) from None
 
 
-def compile_source(source: str, path: str | None = None, consts: dict[str, str] | list[str] | None = None) -> Program:
+def compile_source(source: str, path: str | None = None, consts: dict[str, str] | list[str] | None = None,
+                   column_rows: int | None = None) -> Program:
     """Parse and check a program, giving its IR."""
     parse_overrides(as_pairs(consts))  # a bad --const is reported before the program
-    return check_tree(parse_source(source, path), consts, path, source)
+    return check_tree(parse_source(source, path), consts, path, source, column_rows)
 
 
 def load_program(path: str, consts: dict[str, str] | list[str] | None = None) -> Program:

@@ -11,7 +11,7 @@ import numpy as np
 
 from .errors import Diagnostic, RuntimeFault, span_at
 from .ir import DEFAULT_MAX_ITERATIONS, Atom, Block, Eqn, ForLoop, Lit, Program, WhileLoop, initial_params
-from .prims import IndexOutOfRange, evaluate
+from .prims import IndexOutOfRange, IntOutOfRange, evaluate
 
 __all__ = ["initial_params", "run_body", "run_row", "grad_row", "program_loss", "first_non_finite"]
 
@@ -144,6 +144,9 @@ class _Interpreter:
                 args_ = [self.value(a, env) for a in s.ins]
                 try:
                     env[s.outs[0].id] = evaluate(s.op, dict(s.params), args_, s.outs[0].type)
+                except IntOutOfRange as err:
+                    raise self.fault(f"int() was given {err.value!r}, which is not finite or too large for an int",
+                                     s.loc) from None
                 except IndexOutOfRange as err:
                     raise self.fault(f"index {list(err.index)} is out of range for an array of shape "
                                      f"{list(err.shape)}", s.loc) from None

@@ -136,6 +136,7 @@ Stmt = Union[Eqn, ForLoop, WhileLoop, IfElse]
 class DataInput:
     name: str
     type: Type
+    whole: bool = False  # `data x[]`: the whole column (every row's value); the body runs once
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,11 @@ class Program:
     grads: tuple[str, ...] = ()  # set on an adjoint program: d(loss)/d(param) for these params
     prelude: tuple[Eqn, ...] = ()
     sums: tuple[GradSum, ...] = ()
+
+    @property
+    def whole_columns(self) -> bool:
+        """Whether the program reads whole columns (`data x[]`) and so runs once on all rows."""
+        return any(d.whole for d in self.data)
 
     @property
     def data_vars(self) -> tuple[Var, ...]:

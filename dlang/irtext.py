@@ -57,7 +57,7 @@ def print_program(program: Program) -> str:
     for name, value in program.consts:
         out.append(f"const {name} = {format_literal(value, I64 if isinstance(value, int) else F64)}")
     for d in program.data:
-        out.append(f"data {d.name}: {d.type}")
+        out.append(f"data {d.name}: {d.type}" + (" column" if d.whole else ""))
     for p in program.params:
         kind, *args = p.init
         init = f"= {args[0]!r}" if kind == "value" else f"~ {kind}({args[0]!r}, {args[1]!r})"
@@ -144,7 +144,7 @@ _TOKEN = re.compile(r"""
   | (?P<nl>\n)
   | (?P<loc>@\d+:\d+)
   | (?P<var>%[A-Za-z0-9_.]+)
-  | (?P<num>-?(?:inf|nan|\d+\.\d*(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\d+))
+  | (?P<num>-?(?:(?:inf|nan)(?![A-Za-z0-9_])|\d+\.\d*(?:[eE][+-]?\d+)?|\d+[eE][+-]?\d+|\d+))
   | (?P<name>[A-Za-z_][A-Za-z0-9_]*)
   | (?P<punct>[()\[\]{},:=~])
 """, re.VERBOSE)
@@ -278,7 +278,11 @@ class _Parser:
             elif word == "data":
                 name = self.take(kind="name")
                 self.take(":")
-                data.append(DataInput(name, self.type()))
+                type_ = self.type()
+                whole = self.peek("column")
+                if whole:
+                    self.take("column")
+                data.append(DataInput(name, type_, whole))
             elif word == "param":
                 name = self.take(kind="name")
                 self.take(":")

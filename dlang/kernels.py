@@ -215,7 +215,8 @@ class Kernels:
         if code == 0:
             return
         label = int(rows[row]) if rows is not None and len(rows) == data.shape[0] else row + 1
-        raise _fault(self, *abi.decode_fault(code), label if self.program.data else None)
+        per_row = self.program.data and not self.program.whole_columns
+        raise _fault(self, *abi.decode_fault(code), label if per_row else None)
 
 
 @dataclass
@@ -230,6 +231,8 @@ def _fault(kernels: Kernels, what: str, line: int, col: int, row: int | None) ->
     note = None
     if what == "index":
         message = f"an index is out of range{where}"
+    elif what == "value":
+        message = f"int() was given a value that is not finite or too large for an int{where}"
     elif what == "tape":
         message = (f"the gradient's tape for a row{where} grew past the {abi.human_bytes(abi.max_tape_bytes())} a row may "
                    f"use (half this machine's memory, or ${abi.TAPE_ENV}): a while loop ran for very many steps")

@@ -123,6 +123,7 @@ class ConstDecl(Node):
 class DataItem(Node):
     name: str
     shape: tuple[Expr, ...]
+    whole: bool = False  # `data x[]`: the whole column, an array of every row's value
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,7 @@ def _dump_item(s, indent: str, out: list[str]) -> None:
     if isinstance(s, ConstDecl):
         out.append(f"{indent}(const {s.name} {dump_expr(s.value)}){at}")
     elif isinstance(s, DataDecl):
-        names = [d.name + (_shape(d.shape) if d.shape else "") for d in s.items]
+        names = [d.name + ("[]" if d.whole else _shape(d.shape) if d.shape else "") for d in s.items]
         out.append(f"{indent}(data {' '.join(names)}){at}")
     elif isinstance(s, ParamDecl):
         shape = f" {_shape(s.shape)}" if s.shape else ""

@@ -67,8 +67,8 @@ def _hoistable(e: Stmt, invariant: set[int]) -> bool:
     prim = REGISTRY[e.op]
     if prim.structural:
         return False
-    if prim.checks_index is not None and not all(isinstance(i, Lit) for i in e.ins[prim.checks_index:]):
-        return False  # an index checked at run time: a fault needs the row it happened in
+    if prim.checked_at_run_time(e.ins):
+        return False  # checked at run time: a fault needs the row it happened in
     return all(isinstance(a, Lit) or a.id in invariant for a in e.ins)
 
 

@@ -57,16 +57,17 @@ class KernelIR:
 
 
 def compile_file(path: str, consts=None, max_iterations: int = DEFAULT_MAX_ITERATIONS, on_stage=None,
-                 stop_after: str | None = None):
+                 stop_after: str | None = None, column_rows: int | None = None):
     """Every stage, in order; gives the compiled kernels (or, with stop_after, what that stage
-    made). on_stage(name, seconds, result) is called after each stage."""
+    made). on_stage(name, seconds, result) is called after each stage; column_rows is the
+    length of whole data columns (the data's rows)."""
     frontend.parse_overrides(frontend.as_pairs(consts))  # a bad --const is reported first
     run = _Runner(on_stage, stop_after)
     try:
         with frontend.deep_recursion():
             text = run("read", frontend.read_source, path)
             tree = run("parse", frontend.parse_source, text, path)
-            program = run("check", frontend.check_tree, tree, consts, path, text)
+            program = run("check", frontend.check_tree, tree, consts, path, text, column_rows)
             return _backend(run, program, max_iterations)
     except Stop as stop:
         return stop.value

@@ -33,6 +33,23 @@ from typing import Callable
 from .ir import BOOL, F64, I64, Atom, Lit, Type, size
 
 
+INT_CONVERT_LIMIT = 9.2e18  # int(x) needs |x| below this (an int is 64 bits)
+
+
+class IntOutOfRange(Exception):
+    """int(x) of a value that is not finite or does not fit an int."""
+
+    def __init__(self, value: float):
+        super().__init__(f"int() of {value!r}")
+        self.value = value
+
+
+def _to_int(x: float) -> int:
+    if not abs(x) < INT_CONVERT_LIMIT:
+        raise IntOutOfRange(float(x))
+    return int(x)
+
+
 class TypeRuleError(Exception):
     """An op applied to operands it does not accept; the message is a plain sentence."""
 
@@ -70,9 +87,17 @@ class Primitive:
     source_arity: tuple[int, ...] = ()  # arguments a program passes, when not `arity`
     const: bool = False                # a const expression may call it
     checks_index: int | None = None    # the inputs from this one on are indices checked at run time
+    guard: str | None = None           # a condition on the inputs ({0} ...) under which the op faults
     structural: bool = False           # tape and sweep markers: handled by the transformations
     expand: Callable | None = None     # a composite builtin: expand(b, *args) builds it from other ops
     doc: str = ""
+
+    def checked_at_run_time(self, ins) -> bool:
+        """Whether an equation of this op with these inputs can fault in a kernel (an index
+        checked at run time, or a guard on a value): it stays in its row, where a fault is named."""
+        if self.checks_index is not None and not all(isinstance(i, Lit) for i in ins[self.checks_index:]):
+            return True
+        return self.guard is not None and not all(isinstance(i, Lit) for i in ins)
 
     @property
     def spelling(self) -> str:
@@ -909,6 +934,9 @@ _register(
               scalar="not {0}", operator="not", doc="logical not"),
 
     # ---- internal: made by lowering and by derivative rules, never written in a program ----
+    Primitive("to_int", 1, _exactly([F64], I64, "int"), lambda p, a: _to_int(a), differentiable=False,
+              scalar="int({0})", guard="not (abs({0}) < %r)" % INT_CONVERT_LIMIT, builtin="int",
+              doc="a float to an int, rounding toward zero (zero derivative); a fault when not finite or too large"),
     Primitive("to_float", 1, _exactly([I64], F64, "to_float"), lambda p, a: float(a), differentiable=False,
               scalar="float({0})", doc="int to float (int promotion is explicit in the IR)"),
     Primitive("addindex", 3, _store_type, _store(True), _vjp_addindex, render=_lines_store(True), checks_index=2,

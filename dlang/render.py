@@ -121,7 +121,7 @@ def show_grad(report) -> None:
             err = report.check.rel_error[p.name]
             cells += [_value_text(report.check.fd[p.name]), f"{err:.1e}"]
         table.add_row(*cells)
-    console.print(f"loss {_num(report.loss)} (mean over {report.rows} row{'s' * (report.rows != 1)})")
+    console.print(f"loss {_num(report.loss)} {loss_scope(report.program, report.rows)}")
     if report.program.params:
         console.print(table)
     else:
@@ -200,7 +200,7 @@ def show_hessian(report) -> None:
     from rich.table import Table
 
     console = _console()
-    console.print(f"loss {_num(report.loss)} (mean over {report.rows} row{'s' * (report.rows != 1)})")
+    console.print(f"loss {_num(report.loss)} {loss_scope(report.program, report.rows)}")
     if not report.program.params:
         console.print("the program has no params")
         return
@@ -403,7 +403,9 @@ def report_lines(report) -> list[str]:
                      f"chi2 {_num(report.chi2)}, reduced chi2 {_num(report.reduced_chi2) if report.reduced_chi2 is not None else 'n/a'}"
                      + (f", R2 {report.r2:.6f}" if report.r2 is not None else ""))
     else:
-        lines.append(f"errors from the Hessian of the loss summed over {report.rows:,} rows, taken as a negative "
+        over = (f"of one run on whole columns of {report.rows:,} rows" if report.whole_columns
+                else f"summed over {report.rows:,} rows")
+        lines.append(f"errors from the Hessian of the loss {over}, taken as a negative "
                      "log-likelihood (the loss is not a sum of squares)")
     lines.append(f"AIC {_num(report.aic)}, BIC {_num(report.bic)}")
     lines += [f"warning: {w}" for w in report.warnings]
@@ -433,6 +435,13 @@ def _count(n: int, noun: str) -> str:
 
 # ---- dlang run --------------------------------------------------------------------------------
 
+def loss_scope(program, rows: int) -> str:
+    """What the loss is taken over: "(mean over 20 rows)", or one run on whole columns."""
+    if program.whole_columns and program.data:
+        return f"(one run on whole columns of {program.data[0].type.shape[0]:,} rows)"
+    return f"(mean over {rows} row{'s' * (rows != 1)})"
+
+
 def write_run(report, out: str | None) -> None:
     import sys
 
@@ -446,7 +455,9 @@ def write_run(report, out: str | None) -> None:
         write_text_atomically(out, text)
     else:
         sys.stdout.write(text)
-    if report.mean_loss is not None:
+    if report.whole_columns:
+        sys.stderr.write(f"loss {report.mean_loss:.10g} (one run on whole columns of {report.table.shape[0]:,} rows)\n")
+    elif report.mean_loss is not None:
         sys.stderr.write(f"mean loss {report.mean_loss:.10g} over {report.table.shape[0]} "
                          f"row{'s' * (report.table.shape[0] != 1)}\n")
 

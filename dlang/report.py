@@ -51,6 +51,7 @@ class FitReport:
     converged: bool
     stopped: str
     warnings: list[str] = field(default_factory=list)
+    whole_columns: bool = False   # one run on whole columns of `rows` rows (`data x[]`)
 
     @property
     def reduced_chi2(self) -> float | None:
@@ -189,8 +190,9 @@ def fit_report(kernels: Kernels, data: np.ndarray, params: dict, converged: bool
             _, _, h, _ = derivatives.hessian(kernels, data, params, rows)
             cov = _inverse(h[np.ix_(free, free)] * n, names, warnings)  # of the loss summed over the rows
         nll = loss * n
-        m, dof, sigma, chi2, r2 = n, n - p, None, None, None
-        aic, bic = 2 * nll + 2 * p, 2 * nll + p * math.log(max(n, 1))
+        observed = _observations(program, n)
+        m, dof, sigma, chi2, r2 = observed, observed - p, None, None, None
+        aic, bic = 2 * nll + 2 * p, 2 * nll + p * math.log(max(observed, 1))
         method = "negative log-likelihood"
     on_bound = _on_bounds(program, params, fixed)
     if on_bound:
@@ -216,8 +218,13 @@ def fit_report(kernels: Kernels, data: np.ndarray, params: dict, converged: bool
         else:
             warnings.append("the covariance has negative or non-finite variances: the errors cannot be estimated "
                             "(the fit may not be at a minimum)")
-    return FitReport(method, dict(params), names, stderr, corr, loss, n, m, dof, sigma, chi2, aic, bic, r2,
-                     converged, stopped, warnings)
+    return FitReport(method, dict(params), names, stderr, corr, loss, _observations(program, n), m, dof, sigma, chi2,
+                     aic, bic, r2, converged, stopped, warnings, program.whole_columns)
+
+
+def _observations(program: Program, rows: int) -> int:
+    """The data rows: a whole-column program runs once on all of them (its BIC counts them all)."""
+    return program.data[0].type.shape[0] if program.whole_columns and program.data else rows
 
 
 ON_BOUND = 1e-6  # relative: a param this close to a bound is at it

@@ -105,6 +105,9 @@ class _ToAst(Transformer_NonRecursive):
         shape = c[1] if len(c) > 1 else ()
         return n.DataItem(str(c[0]), shape, span=_span(meta))
 
+    def data_column(self, meta, c):
+        return n.DataItem(str(c[0]), (), whole=True, span=_span(meta))
+
     def shape(self, meta, dims):
         return tuple(dims)
 

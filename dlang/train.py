@@ -116,6 +116,10 @@ class _Flat:
         self.below = np.isfinite(self.lo) & ~self.both
         self.above = np.isfinite(self.hi) & ~self.both
         self.bounded = bool(self.both.any() or self.below.any() or self.above.any())
+        # the start, both ways: an entry still at its starting u (a fixed param, say) gives back
+        # its starting value exactly, not exp(log(x)) a rounding away from it
+        self.start_x = self._raw(params)
+        self.start_u = self.pack(params)
 
     def _raw(self, params: dict) -> np.ndarray:
         return np.concatenate([np.ravel(np.asarray(params[k], float)) for k in self.names]) if self.names \
@@ -142,6 +146,8 @@ class _Flat:
             x[self.above] = self.hi[self.above] - np.exp(u[self.above])
             s = 1.0 / (1.0 + np.exp(-u[self.both]))
             x[self.both] = self.lo[self.both] + (self.hi[self.both] - self.lo[self.both]) * s
+        at_start = u == self.start_u
+        x[at_start] = self.start_x[at_start]
         return x
 
     def grad(self, grads: dict, u: np.ndarray) -> np.ndarray:

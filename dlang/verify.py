@@ -76,9 +76,8 @@ class _Verifier:
         for k, e in enumerate(p.prelude):
             where = f"prelude[{k}] {getattr(e, 'op', type(e).__name__)}"
             prim = REGISTRY.get(getattr(e, "op", None))
-            if not isinstance(e, Eqn) or prim is None or prim.structural or (
-                    prim.checks_index is not None and not all(isinstance(i, Lit) for i in e.ins[prim.checks_index:])):
-                self.fail(where, "the prelude holds only plain equations (no index checked at run time)")
+            if not isinstance(e, Eqn) or prim is None or prim.structural or prim.checked_at_run_time(e.ins):
+                self.fail(where, "the prelude holds only plain equations (nothing checked at run time)")
                 continue
             self.eqn(e, self.prelude_scope, where)
             for v in e.outs:

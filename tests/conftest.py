@@ -53,3 +53,17 @@ def write_program(tmp_path):
         return path
 
     return write
+
+
+def load_program(path, consts=None):
+    """dlang.frontend.load_program; a program that reads whole columns (`data x[]`) is checked
+    for as many rows as its gallery data set (programs/data/NAME.csv) has."""
+    from dlang.frontend import compile_source
+    from dlang.frontend import load_program as load
+
+    prog = load(str(path), consts)
+    csv = PROGRAMS / "data" / f"{Path(path).stem}.csv"
+    if prog.whole_columns and csv.exists():
+        rows = len(csv.read_text().strip().splitlines()) - 1
+        prog = compile_source(Path(path).read_text(), str(path), consts, column_rows=rows)
+    return prog

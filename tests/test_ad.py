@@ -11,7 +11,9 @@ import pytest
 
 from dlang.pipeline import kernel_source
 from dlang.data import load_data
-from dlang.frontend import compile_source, load_program
+from dlang.frontend import compile_source
+
+from conftest import load_program
 from dlang.interp import grad_row, initial_params, program_loss
 from dlang.data import read_rows
 from dlang.irtext import parse_program, print_program

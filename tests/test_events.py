@@ -12,7 +12,9 @@ import pytest
 
 from dlang.data import load_data
 from dlang.events import conditions, event_program, warnings
-from dlang.frontend import compile_source, load_program
+from dlang.frontend import compile_source
+
+from conftest import load_program
 from dlang.ir import initial_params
 from dlang.irtext import parse_program, print_program
 from dlang.pipeline import compile_kernels

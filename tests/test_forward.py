@@ -15,7 +15,9 @@ import pytest
 from dlang import derivatives as D
 from dlang.data import load_data
 from dlang.forward import forward_gradient_program, hvp_program, jvp_program
-from dlang.frontend import compile_source, load_program
+from dlang.frontend import compile_source
+
+from conftest import load_program
 from dlang.ir import Eqn, initial_params, walk
 from dlang.irtext import parse_program, print_program
 from dlang.pipeline import compile_kernels

@@ -87,8 +87,16 @@ TOLERANCES: dict[str, dict[str, Tol]] = {
     # committed data is off by 0.008 (threshold) and 0.016 (width), about 1 SE each (0/1 labels
     # carry little information). 0.03 and 0.04 leave room for a fit stopped early.
     "soft_threshold": {"threshold": Tol(abs=0.03), "width": Tol(abs=0.04)},
+    # 100 daily counts of the infected, drawn Poisson around the model's (peak about 3,000), the
+    # data read as whole columns (the body runs once). With the population N known (--fix N),
+    # SE: beta 0.0009 (0.3%), gamma 0.00027 (0.3%), i0 0.25 (2.5%); the optimum is off by 0.13%,
+    # 0.39% and 0.87%. The issue asks for 2% (for i0 only 0.8 SE: it holds for this draw).
+    "sir": {"beta": Tol(rel=0.02), "gamma": Tol(rel=0.02), "i0": Tol(rel=0.02)},
     # mlp: see MLP below; a network's weights are not identifiable, its predictions are.
 }
+
+# Params a gallery program's fit holds at their (true) starting values, as a user who knows them would.
+FIXED = {"sir": ["N"]}
 
 
 # ---- mlp: judged by its loss and its predictions ---------------------------------------------
@@ -174,7 +182,7 @@ def _start(name: str) -> dict:
 def test_every_generated_program_is_in_the_gallery_or_excused():
     assert set(TRUE_PARAMS) - set(GALLERY) == {"builtins_tour"}
     for name in TOLERANCES:
-        assert set(TOLERANCES[name]) == set(TRUE_PARAMS[name]), name
+        assert set(TOLERANCES[name]) | set(FIXED.get(name, [])) == set(TRUE_PARAMS[name]), name
         assert set(_start(name)) == set(TRUE_PARAMS[name]), name
 
 
@@ -193,10 +201,13 @@ def test_the_mlp_start_fails_and_the_teacher_passes():
 @pytest.mark.parametrize("name", GALLERY)
 def test_training_with_default_options_recovers_the_true_params(run_cli, tmp_path, name):
     out = tmp_path / "p.json"
-    r = run_cli("train", PROGRAMS / f"{name}.dl", "--data", DATA / f"{name}.csv", "--out", str(out))
+    fix = [arg for param in FIXED.get(name, []) for arg in ("--fix", param)]
+    r = run_cli("train", PROGRAMS / f"{name}.dl", "--data", DATA / f"{name}.csv", "--out", str(out), *fix)
     assert r.code == 0, r.out + r.err
     fitted = json.loads(out.read_text())
     assert set(fitted) == set(TRUE_PARAMS[name])
+    for param in FIXED.get(name, []):
+        assert fitted[param] == TRUE_PARAMS[name][param] == _start(name)[param]
     problems = _mlp_problems(fitted) if name == "mlp" else _misses(name, fitted)
     assert not problems, "\n".join(problems)
 

@@ -16,9 +16,10 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from dlang.frontend import load_program
 from dlang.interp import initial_params, program_loss
 from dlang.data import read_rows
+
+from conftest import load_program
 
 RTOL = 1e-12
 
@@ -233,7 +234,24 @@ def soft_threshold(rows: list[Row], p: Params) -> float:
     return float(np.mean(losses))
 
 
+def sir(rows: list[Row], p: Params, days: int = 120, steps: int = 4) -> float:
+    """Whole columns: one simulation, then the Poisson negative log-likelihood summed over the days."""
+    dt = 1.0 / steps
+    s, i, curve = p["N"] - p["i0"], p["i0"], []
+    for _ in range(days):
+        curve.append(i)
+        for _ in range(steps):
+            new, rec = p["beta"] * s * i / p["N"] * dt, p["gamma"] * i * dt
+            s, i = s - new, i + new - rec
+    total = 0.0
+    for row in rows:
+        mu = curve[int(row["day"])]
+        total += mu - row["infected"] * math.log(mu)
+    return total
+
+
 ORACLES: dict[str, Callable[..., float]] = {
+    "sir": sir,
     "soft_threshold": soft_threshold,
     "projectile": projectile,
     "projectile_landing": projectile_landing,

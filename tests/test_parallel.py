@@ -17,7 +17,9 @@ import pytest
 
 from dlang.abi import PARALLEL_ENV, PARALLEL_SECONDS_ENV
 from dlang.data import load_data
-from dlang.frontend import compile_source, load_program
+from dlang.frontend import compile_source
+
+from conftest import load_program
 from dlang.interp import grad_row
 from dlang.data import read_rows
 from dlang.ir import initial_params

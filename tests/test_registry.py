@@ -179,6 +179,9 @@ def _cases(b: _Builder, op: str) -> None:
         b.add_to_loss(out)
     elif op == "to_float":
         b.add_to_loss(b.op("mul", b.op("to_float", b.op("add", Lit(2, I64), Lit(1, I64))), s()))
+    elif op == "to_int":  # an int from a param's value, used as an index (zero derivative)
+        k = b.op("to_int", b.op("mul", s(), Lit(4.0, F64)))
+        b.add_to_loss(b.op("mul", b.op("index", v3(), k), s(1)))
     else:
         raise AssertionError(f"no cases for op {op}: add them to this test")
 

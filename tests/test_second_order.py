@@ -8,7 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlang.frontend import compile_source, load_program
+from dlang.frontend import compile_source
+
+from conftest import load_program
 from dlang.interp import grad_row
 from dlang.data import read_rows
 from dlang.ir import Eqn, initial_params, walk

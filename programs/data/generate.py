@@ -27,6 +27,9 @@ True params (what `dlang train` should recover, up to the noise), the programs' 
                              0.3, 0.5, -0.7]                             (y noise sd 0.01)
   soft_threshold:       threshold = 0.6, width = 0.1      start 0.2, 0.5; 1000 rows; alarm 1 with
                                                           probability sigmoid((reading - 0.6) / 0.1)
+  sir:                  N = 10000 (held with --fix N), beta = 0.3, gamma = 0.1, i0 = 10
+                                                          start 10000, 0.4, 0.2, 5; days 0-99, one row
+                                                          each; infected drawn Poisson(the model's)
   hanging_chain:        no data.
 
 Rows whose branches, loop trip counts or kinks lie close to a switch point are redrawn, for the
@@ -65,6 +68,7 @@ TRUE_PARAMS: dict[str, dict[str, object]] = {
     },
     "scaling": {"scale": 2.5, "offset": -0.4},
     "soft_threshold": {"threshold": 0.6, "width": 0.1},
+    "sir": {"N": 10000.0, "beta": 0.3, "gamma": 0.1, "i0": 10.0},
 }
 
 
@@ -330,6 +334,25 @@ def soft_threshold(rng: np.random.Generator) -> tuple[list[str], list[list[float
     return ["reading", "alarm"], rows
 
 
+def simulate_sir(N: float, beta: float, gamma: float, i0: float, days: int = 120, steps: int = 4) -> np.ndarray:
+    """The simulation of sir.dl: the infected at the start of each day."""
+    dt = 1.0 / steps
+    s, i, curve = N - i0, i0, []
+    for _ in range(days):
+        curve.append(i)
+        for _ in range(steps):
+            infections = beta * s * i / N * dt
+            recoveries = gamma * i * dt
+            s -= infections
+            i += infections - recoveries
+    return np.array(curve)
+
+
+def sir(rng: np.random.Generator) -> tuple[list[str], list[list[float]]]:
+    curve = simulate_sir(**TRUE_PARAMS["sir"])
+    return ["day", "infected"], [[float(d), float(rng.poisson(curve[d]))] for d in range(100)]
+
+
 # ---- all of them -----------------------------------------------------------------------------
 
 GENERATORS = {
@@ -344,6 +367,7 @@ GENERATORS = {
     "builtins_tour": (8, builtins_tour),
     "scaling": (9, scaling),
     "soft_threshold": (10, soft_threshold),
+    "sir": (11, sir),
 }
 
 
