@@ -238,6 +238,10 @@ def train(
     fix: Annotated[Optional[list[str]], typer.Option("--fix", metavar="NAME",
                                                      help="Hold this param at its start (or --init) value; "
                                                           "may be repeated.")] = None,
+    plot: Annotated[Optional[str], typer.Option("--plot", metavar="DIR",
+                                                help="Draw the fit in this directory (made if missing): "
+                                                     "loss.png, the loss by epoch, and params.png, each "
+                                                     "param's value by epoch.")] = None,
     report: Annotated[Optional[str], typer.Option(metavar="JSON", help="Write the fit report (values, standard "
                                                                         "errors, correlations, chi2, AIC, BIC, R2, "
                                                                         "warnings) to this JSON file.")] = None,
@@ -273,10 +277,12 @@ def train(
     try:
         with render.TrainProgress(json_out) as progress:
             run = commands.train(program, data, init, run_options, options, out, history, progress.update,
-                                 lambda: interrupted["count"] > 0, Events(events).value, report)
+                                 lambda: interrupted["count"] > 0, Events(events).value, report, plot)
     finally:
         signal.signal(signal.SIGINT, previous)
     render.show_trained(run, json_out)
+    for path in run.plots:
+        typer.echo(f"wrote {path}", err=True)
     if run.result.origin is not None:
         render.print_error(run.result.origin)
     if run.result.status == "interrupted":
@@ -301,6 +307,40 @@ def run(
     report = commands.run(program, data, params, commands.RunOptions(const, max_iterations, drop_bad_rows, _note),
                           out)
     render.write_run(report, out)
+
+
+@app.command()
+def plot(
+    program: ProgramArg,
+    data: DataOpt = None,
+    params: ParamsOpt = None,
+    x: Annotated[Optional[str], typer.Option("--x", metavar="COLUMN",
+                                             help="The column across (time, day, ...): draws the data and the "
+                                                  "program's output against it. Without it: the output against "
+                                                  "the observed values.")] = None,
+    y: Annotated[str, typer.Option("--y", metavar="COLUMN", help="The observed data column.")] = ...,
+    fit: Annotated[str, typer.Option("--fit", metavar="OUTPUT", help="The program's output to draw "
+                                                                     "(an `output` name).")] = ...,
+    out: Annotated[Optional[str], typer.Option(metavar="PNG", help="Where to write the picture "
+                                                                   "(default: fit.png).")] = None,
+    const: ConstOpt = None,
+    max_iterations: MaxIterOpt = DEFAULT_MAX_ITERATIONS,
+) -> None:
+    """Draw the data against PROGRAM's output at the given params, as a PNG: the fitted curve of a
+    time series (--x), or observed against predicted."""
+    from .api import compile as compile_model
+    from .params import load_params
+
+    model = compile_model(program, _const_dict(const), max_iterations)
+    values = load_params(model.program, params) if params else None
+    path = model.plot_fit(values, data, x=x, y=y, fit=fit, out=out or "fit.png")
+    typer.echo(f"wrote {path}", err=True)
+
+
+def _const_dict(const: list[str] | None) -> dict:
+    from .frontend import parse_overrides
+
+    return dict(parse_overrides(const or []))
 
 
 @app.command()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -318,27 +318,24 @@ def _multi_start(kernels, gradient, data, params, options, rows) -> tuple[dict, 
 class TrainRun:
     prepared: Prepared
     result: object  # train.TrainResult
-    out: str
-    written: bool = True  # whether the params were written to `out`
+    out: str | None
+    written: bool = True  # whether the params were saved (written to `out`)
     report: object = None  # report.FitReport at the fitted params (a fit that finished)
     starts: "StartsSummary | None" = None  # --starts N: how the fits from the other starts ended
     report_error: str | None = None  # why there is no report, when computing it failed
+    start: object = None  # train.Epoch: "epoch 0", the start (for --history)
+    plots: list = field(default_factory=list)  # the PNG files --plot wrote
 
 
 def train(program_path: str, data_path: str | None, init_path: str | None,
           run_options: "RunOptions | list[str] | None", options, out_path: str | None, history_path: str | None,
-          on_epoch=None, should_stop=lambda: False, events: str = "auto", report_path: str | None = None) -> TrainRun:
-    """Fit the params; write the best ones to out_path (atomically) however training ends.
-    With events "auto", the optimizer's gradient sees the events of time-stepping loops
-    (dlang.events) where the program has any; every loss it reports is the program's."""
-    from .train import Trainer
-
+          on_epoch=None, should_stop=lambda: False, events: str = "auto", report_path: str | None = None,
+          plot_dir: str | None = None) -> TrainRun:
+    """`dlang train`: the files around `fit`. The best params are written to out_path
+    (atomically) however training ends; then the history, the report and the plots (loss.png
+    and params.png in plot_dir), when asked for."""
     run_options = _options(run_options)
     program, datafile = load_inputs(program_path, data_path, run_options)
-    data = datafile.matrix
-    require_loss(program, "train")
-    _warn(program, run_options)
-    _check_fixed(program, getattr(options, "fixed", ()))
     params = load_params(program, init_path, options.seed)
     out = out_path or default_out(program_path)
     _check_writable(out, "--out")
@@ -346,7 +343,77 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
         _check_writable(history_path, "--history")
     if report_path:
         _check_writable(report_path, "--report")
+    if plot_dir:
+        _check_plot_dir(plot_dir)
     kernels = pipeline.compile_kernels(program, run_options.max_iterations)
+    def save(best: dict, moved: bool) -> bool:  # a fit that never moved keeps a file already there
+        if not moved and os.path.exists(out):
+            return False
+        write_params(out, best)
+        return True
+
+    run = fit(program, kernels, datafile, params, options, run_options, on_epoch, should_stop, events, save)
+    run.out = out
+    if history_path:
+        write_history(history_path, run.result.history, run.start, program)
+    if report_path and run.report is not None:
+        import json
+
+        from .report import report_json
+
+        write_text_atomically(report_path, json.dumps(report_json(run.report), indent=2) + "\n")
+    if plot_dir:
+        run.plots = plot_history(plot_dir, run, program, os.path.basename(program_path))
+    return run
+
+
+def _check_plot_dir(path: str) -> None:
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InputError(f"--plot {path}: is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--plot {path}: cannot make the directory ({err.strerror or err})") from None
+    if not os.access(path, os.W_OK):
+        raise InputError(f"--plot {path}: cannot write to the directory")
+
+
+def plot_history(out_dir: str, run: "TrainRun", program: Program, title: str) -> list[str]:
+    """loss.png and params.png of a fit in out_dir (dlang.plot.history_plots)."""
+    from .plot import history_plots
+
+    epochs = ([run.start] if run.start is not None else []) + list(run.result.history)
+    if not epochs:
+        return []
+    names = param_columns(program)
+    values = None
+    if names and all(e.params is not None for e in epochs):
+        values = np.array([np.concatenate([np.ravel(np.asarray(e.params[p.name], float)) for p in program.params])
+                           for e in epochs])
+    return history_plots(epochs, names, values, out_dir, title)
+
+
+def param_columns(program: Program) -> list[str]:
+    """Every param entry named as `dlang run` names output columns: drag, w_0, W_0_1."""
+    return output_columns(_replace_outputs(program)) if program.params else []
+
+
+def fit(program: Program, kernels: Kernels, datafile, params: dict, options,
+        run_options: "RunOptions | None" = None, on_epoch=None, should_stop=lambda: False, events: str = "auto",
+        save=None) -> TrainRun:
+    """Fit the params of a checked program on its data (a data.DataFile), from `params`: what
+    `dlang train` and the Python API's Model.fit both do. save(best params) is called however
+    training ends, once some epoch finished (so what was learnt is kept); with events "auto",
+    the optimizer's gradient sees the events of time-stepping loops (dlang.events) where the
+    program has any; every loss it reports is the program's. save(best, moved) returns whether
+    it saved them (moved: whether some epoch ran)."""
+    from .train import Trainer
+
+    run_options = run_options or RunOptions()
+    data = datafile.matrix
+    require_loss(program, "train")
+    _warn(program, run_options)
+    _check_fixed(program, getattr(options, "fixed", ()))
     check_tape_fits(kernels.adjoint, "train")
     _check_events(events)
     gradient = event_kernels(program, run_options.max_iterations) if events == "auto" else None
@@ -355,34 +422,29 @@ def train(program_path: str, data_path: str | None, init_path: str | None,
     starts = None
     if options.starts > 1:  # the best of several fits; then the fit below polishes it, with progress
         options.resolved(data.shape[0])  # a bad option is said before any fit starts
-        params, starts = _multi_start(kernels, gradient, data, params, options,
-                                      datafile.rows)
+        params, starts = _multi_start(kernels, gradient, data, params, options, datafile.rows)
     if options.optimizer == "lm":
-        return _train_lm(program, kernels, gradient, data, params, options, datafile, out, history_path,
-                         report_path, on_epoch, run_options)
+        return _fit_lm(program, kernels, gradient, data, params, options, datafile, on_epoch, run_options, save)
     trainer = Trainer(kernels, data, params, options, datafile.rows, gradient)
     finished = written = False
     try:
         result = trainer.run(on_epoch, should_stop)
         finished = True
     finally:  # even on an error (a fault in some row), what was learnt so far is kept
-        if trainer.history or starts is not None or (finished and not os.path.exists(out)):
-            best = trainer.flat.unpack(trainer.best_x)
-            write_params(out, best)
-            written = True
-    if history_path:
-        write_history(history_path, result.history, trainer.start, program)
+        moved = bool(trainer.history) or starts is not None
+        if save is not None and (moved or finished):
+            written = save(trainer.flat.unpack(trainer.best_x), moved)
     if result.status == "non-finite" and trainer.bad_point is not None:
         x, rows, what = trainer.bad_point
         at, labels = (data, trainer.row_labels) if rows is None else (data[rows], trainer.row_labels[rows])
         result.origin = non_finite_origin(kernels, at, trainer.flat.unpack(x), what, labels)
-    run = TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, out, written, starts=starts)
-    _attach_report(run, kernels, data, result, options, datafile, report_path)
+    run = TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, None, written, starts=starts,
+                   start=trainer.start)
+    _attach_report(run, kernels, data, result, options, datafile)
     return run
 
 
-def _train_lm(program, kernels, gradient, data, params, options, datafile, out, history_path, report_path,
-              on_epoch, run_options) -> TrainRun:
+def _fit_lm(program, kernels, gradient, data, params, options, datafile, on_epoch, run_options, save) -> TrainRun:
     """--optimizer lm: least squares on the residuals of the loss's squared terms (those of the
     event program where it has events: its residuals move with the events' times)."""
     from .report import residual_program, squared_terms
@@ -396,28 +458,22 @@ def _train_lm(program, kernels, gradient, data, params, options, datafile, out, 
                                     None, program.source_path))
     residuals = pipeline.compile_kernels(residual_program(objective, terms), run_options.max_iterations)
     result = fit_least_squares(residuals, kernels, data, params, options, datafile.rows, on_epoch)
-    write_params(out, result.params)
-    if history_path:
-        write_history(history_path, result.history, None, program)
-    run = TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, out, True)
-    _attach_report(run, kernels, data, result, options, datafile, report_path)
+    written = save(result.params, True) if save is not None else False
+    run = TrainRun(Prepared(program, kernels, data, params, datafile.rows), result, None, written)
+    _attach_report(run, kernels, data, result, options, datafile)
     return run
 
 
-def _attach_report(run, kernels, data, result, options, datafile, report_path) -> None:
+def _attach_report(run, kernels, data, result, options, datafile) -> None:
     if result.status != "done":
         return
-    from .report import fit_report, report_json
+    from .report import fit_report
 
     try:
         run.report = fit_report(kernels, data, result.params, result.stopped.startswith("converged"),
                                 result.stopped, datafile.rows, fixed=tuple(options.fixed))
     except DlangError as err:  # a fault where the fit ended: the fit stands, the report is left out
         run.report_error = err.diagnostics[0].message
-    if report_path and run.report is not None:
-        import json
-
-        write_text_atomically(report_path, json.dumps(report_json(run.report), indent=2) + "\n")
 
 
 def _check_fixed(program: Program, fixed) -> None:
@@ -450,7 +506,7 @@ def write_history(path: str, history, start=None, program: Program | None = None
     epochs = ([start] if start is not None else []) + list(history)
     columns: list[str] = []
     if program is not None and all(e.params is not None for e in epochs):
-        columns = output_columns(_replace_outputs(program))
+        columns = param_columns(program)
     lines = [",".join(["epoch", "loss", "grad_norm", "best_loss"] + columns)]
     for e in epochs:
         cells = [str(e.epoch), repr(e.loss), repr(e.grad_norm), repr(e.best_loss)]
@@ -492,12 +548,12 @@ def run(program_path: str, data_path: str | None, params_path: str | None,
     p = prepare(program_path, data_path, params_path, options)
     losses, outs = p.kernels.forward_rows(p.data, p.params, p.rows)
     if p.program.whole_columns and p.program.data:
-        return _whole_column_run(p.program, p.data, float(losses[0]), outs[0])
+        return whole_column_run(p.program, p.data, float(losses[0]), outs[0])
     header = ["loss"] + output_columns(p.program)
     return RunReport(header, np.column_stack([losses, outs]), float(np.mean(losses)))
 
 
-def _whole_column_run(program: Program, data: np.ndarray, loss: float, outs: np.ndarray) -> RunReport:
+def whole_column_run(program: Program, data: np.ndarray, loss: float, outs: np.ndarray) -> RunReport:
     """A whole-column program's one run as a table of its data rows: the data columns, then each
     output that has one value per row as a column; other outputs (scalars, other shapes) are
     repeated on every row."""

@@ -144,6 +144,42 @@ def read_data(program: Program, path: str | None, drop_bad_rows: bool = False) -
     return _joined([(f, _read_one(program, f, drop_bad_rows)) for f in files])
 
 
+def read_table(program: Program, columns: dict, name: str = "the data") -> DataFile:
+    """The data the program reads from an in-memory table (a dict of column name -> sequence of
+    numbers, as a pandas DataFrame gives): the same column rules as a CSV file; a value that is
+    not a finite number is an error naming its row (from 1) and column. A whole-column program
+    (`data x[]`) must have been checked for this many rows."""
+    if not program.data:
+        return DataFile(np.zeros((1, 0)))
+    view = per_row_view(program) if program.whole_columns else program
+    header = [str(c) for c in columns]
+    values = list(columns.values())
+    picked = columns_for(view, header, name)
+    lengths = {len(values[k]) for k in picked}
+    if len(lengths) > 1:
+        raise _error(name, f"the columns have different lengths ({', '.join(map(str, sorted(lengths)))})")
+    out = []
+    for k in picked:
+        try:
+            col = np.asarray(values[k], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise _error(name, f"column '{header[k]}' holds values that are not numbers") from None
+        bad = np.flatnonzero(~np.isfinite(col))
+        if bad.size:
+            raise _error(name, f"row {bad[0] + 1}, column '{header[k]}': {float(col[bad[0]])!r} is not a finite number")
+        out.append(col)
+    rows = lengths.pop() if lengths else 0
+    if rows == 0:
+        raise _error(name, "has no data rows")
+    table = DataFile(np.column_stack(out) if out else np.zeros((rows, 0)), 0, rows)
+    if program.whole_columns:
+        if rows != program.data[0].type.shape[0]:
+            raise ValueError(f"the program was checked for columns of {program.data[0].type.shape[0]} rows, "
+                             f"but the table has {rows}")
+        return as_whole_columns(table)
+    return table
+
+
 def per_row_view(program: Program) -> Program:
     """A whole-column program (`data x[]`) as if it read one row at a time: how its table is read."""
     from dataclasses import replace

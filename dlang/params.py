@@ -128,6 +128,30 @@ def _describe(shape: tuple[int, ...]) -> str:
     return "a number" if not shape else "an array of shape [" + ", ".join(map(str, shape)) + "]"
 
 
+def params_from_values(program: Program, values: dict, start: dict | None = None, what: str = "params") -> dict:
+    """Params given in Python (a dict of floats, lists or NumPy arrays), checked as a params file
+    is: a name the program lacks, a wrong shape, a value that is not a finite number or is outside
+    the param's bounds is a user error. A param left out keeps its start (`start`, else its
+    declared init)."""
+    params = initial_params(program) if start is None else dict(start)
+    if not hasattr(values, "items"):
+        raise InputError(f"{what} must be a dict of param name -> value, not {type(values).__name__}")
+    shapes = {p.name: p.type.shape for p in program.params}
+    for name, value in values.items():
+        if name not in shapes:
+            close = difflib.get_close_matches(str(name), list(shapes), 1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise InputError(f"{what}: the program has no param '{name}'{hint} (its params: "
+                             f"{', '.join(shapes) or 'none'})")
+        plain = value.tolist() if isinstance(value, np.ndarray) else (float(value) if isinstance(value, np.generic)
+                                                                        else value)
+        params[name] = _convert(what, name, plain, shapes[name])
+        bounds = next(p.bounds for p in program.params if p.name == name)
+        if bounds is not None and not np.all((np.asarray(params[name]) > bounds[0]) & (np.asarray(params[name]) < bounds[1])):
+            raise InputError(f"{what}: param '{name}' must stay inside its bounds ({bounds[0]:g}, {bounds[1]:g})")
+    return params
+
+
 def _convert(path: str, name: str, value, shape: tuple[int, ...]):
     found, bad = _first_non_number(value)
     if found and (not shape or isinstance(value, list)):
@@ -173,14 +197,19 @@ def write_params(path: str, params: dict) -> None:
 
 
 def write_text_atomically(path: str, text: str) -> None:
+    """write_bytes_atomically of the text as UTF-8."""
+    write_bytes_atomically(path, text.encode("utf-8"))
+
+
+def write_bytes_atomically(path: str, data: bytes) -> None:
     """A temporary file in the same directory, flushed to disk, then renamed over `path`:
     a reader sees the old file or the new one, never half of one. A symlink is followed (the
     file it points to is replaced); a path that is not a regular file (a FIFO, /dev/stdout) is
     written directly. A failed write (a full disk) is a user error; the old file stays whole."""
     if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
         try:
-            with open(path, "w") as f:
-                f.write(text)
+            with open(path, "wb") as f:
+                f.write(data)
         except OSError as err:
             raise InputError(f"cannot write {path}: {err.strerror or err}") from None
         return
@@ -192,8 +221,8 @@ def write_text_atomically(path: str, text: str) -> None:
     except OSError as err:
         raise InputError(f"cannot write {path}: {err.strerror or err}") from None
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)

@@ -27,7 +27,7 @@ bilinear array ops have their own JVP rules.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from .ir import BOOL, F64, I64, Atom, Lit, Type, size

@@ -1,7 +1,7 @@
 """The IR verifier: checks the invariants every pass must keep, with precise messages."""
 from __future__ import annotations
 
-from .ir import BOOL, F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Lit, Program, Stmt, Var, WhileLoop, walk
+from .ir import BOOL, F64, I64, Atom, Block, Eqn, ForLoop, IfElse, Program, Stmt, Var, WhileLoop, walk
 from .prims import REGISTRY, TypeRuleError, result_type
 
 

@@ -27,7 +27,8 @@ LAYERS = [
     ("IR", {"irtext", "verify", "interp", "passes"}),
     ("AD", {"builder", "activity", "reverse", "forward", "events"}),
     ("backend", {"abi", "codegen", "runtime", "kernels"}),
-    ("driver", {"limits", "pipeline", "derivatives", "report", "data", "params", "diagnose", "gradcheck", "commands", "train"}),
+    ("driver", {"limits", "pipeline", "derivatives", "report", "data", "params", "diagnose", "gradcheck", "commands", "train", "plot"}),
+    ("API", {"api"}),
     ("CLI", {"cli", "render", "lexer"}),
 ]
 LAYER = {module: k for k, (_, modules) in enumerate(LAYERS) for module in modules}
