@@ -19,6 +19,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    epilog="\b\nExamples:\n"
+           "  dlang check programs/projectile.dl\n"
+           "  dlang grad programs/projectile.dl --data programs/data/projectile.csv --check\n"
+           "  dlang train programs/sir.dl --data programs/data/sir.csv --fix N --plot plots/\n"
+           "  dlang COMMAND --help      # each command's options and examples",
 )
 
 ProgramArg = Annotated[str, typer.Argument(help="The .dl program file.", metavar="PROGRAM", show_default=False)]
@@ -32,7 +37,7 @@ ConstOpt = Annotated[
 # What `emit` can show: the syntax tree, the IR, the adjoint IR, the kernel IR after any kernel
 # pass, the kernel source, or the pipeline's stages as they run.
 Stage = Enum("Stage", {name: name for name in
-                       ("ast", "ir", "grad", "jvp", "scalarize", "hoist", "split-sums", "reciprocals", "buffers", "kernel",
+                       ("source", "ast", "ir", "grad", "jvp", "scalarize", "hoist", "split-sums", "reciprocals", "buffers", "kernel",
                         "pipeline")},
              type=str)
 
@@ -47,6 +52,50 @@ MaxIterOpt = Annotated[int, typer.Option("--max-iterations", metavar="N",
                                               "a row (compiled code cannot be interrupted).")]
 ParamsOpt = Annotated[Optional[str], typer.Option("--params", metavar="JSON",
                                                   help="Params file: a JSON object of param name -> number or nested lists.")]
+
+
+# Examples shown under every command's --help ("\b" keeps click from rewrapping them).
+EXAMPLES = {
+    "check": [
+        'dlang check programs/projectile.dl',
+        'dlang check programs/sir.dl --const days=150',
+    ],
+    "emit": [
+        'dlang emit programs/projectile.dl                  # the IR',
+        'dlang emit programs/projectile.dl --stage kernel   # the generated Numba source',
+        'dlang emit programs/projectile.dl --stage source   # the program, highlighted',
+    ],
+    "grad": [
+        'dlang grad programs/projectile.dl --data programs/data/projectile.csv',
+        'dlang grad programs/projectile.dl --data programs/data/projectile.csv --check',
+        'dlang grad programs/mlp.dl --data programs/data/mlp.csv --params fitted.json --json',
+    ],
+    "hessian": [
+        'dlang hessian programs/scaling.dl --data programs/data/scaling.csv',
+        'dlang hessian programs/scaling.dl --data programs/data/scaling.csv --check --json',
+    ],
+    "train": [
+        'dlang train programs/projectile_landing.dl --data programs/data/projectile_landing.csv',
+        'dlang train programs/sir.dl --data programs/data/sir.csv --fix N --plot plots/ --report report.json',
+        'dlang train programs/mlp.dl --data programs/data/mlp.csv --optimizer adam --epochs 200 --lr 0.05',
+    ],
+    "run": [
+        'dlang run programs/projectile_landing.dl --data programs/data/projectile_landing.csv --params fitted.json',
+        'dlang run programs/sir.dl --data programs/data/sir.csv --params fitted.json --out fitted.csv',
+    ],
+    "plot": [
+        'dlang plot programs/sir.dl --data programs/data/sir.csv --params fitted.json --x day --y infected --fit fitted',
+        'dlang plot programs/projectile_landing.dl --data programs/data/projectile_landing.csv --y dist --fit landing --out landing.png',
+    ],
+    "bench": [
+        'dlang bench programs/projectile.dl --data programs/data/projectile.csv',
+        'dlang bench programs/projectile.dl --data programs/data/projectile.csv --threads 1 --json',
+    ],
+}
+
+
+def _examples(command: str) -> str:
+    return "\b\nExamples:\n" + "\n".join("  " + line for line in EXAMPLES[command])
 
 
 def _version(value: bool) -> None:
@@ -65,7 +114,7 @@ def _options(
     """dlang: differentiable programs from the command line."""
 
 
-@app.command()
+@app.command(epilog=_examples("check"))
 def check(program: ProgramArg, const: ConstOpt = None) -> None:
     """Parse and check PROGRAM; print every problem found, or a one-line summary."""
     from .frontend import load_program
@@ -81,10 +130,11 @@ def check(program: ProgramArg, const: ConstOpt = None) -> None:
         typer.echo(warning.render(), err=True)
 
 
-@app.command()
+@app.command(epilog=_examples("emit"))
 def emit(
     program: ProgramArg,
-    stage: Annotated[Stage, typer.Option(help="What to print: the parsed program (ast), the IR (ir), the adjoint "
+    stage: Annotated[Stage, typer.Option(help="What to print: the program's text, highlighted by dlang's Pygments "
+                                              "lexer (source), the parsed program (ast), the IR (ir), the adjoint "
                                               "IR (grad), the tangent IR of forward mode along one direction per "
                                               "param, dot1_NAME (jvp), the program and its adjoint after a kernel pass (scalarize, "
                                               "hoist, split-sums, reciprocals, buffers), the generated kernel source "
@@ -95,6 +145,12 @@ def emit(
     from . import render
 
     stage = Stage(stage).value
+    if stage == "source":
+        from .frontend import read_source, load_program
+
+        load_program(program, const)  # a program with errors says so, as every stage does
+        render.show(read_source(program), "dlang")
+        return
     if stage == "ast":
         from .frontend import dump_ast
 
@@ -140,7 +196,7 @@ class Events(str, Enum):
     auto = "auto"
 
 
-@app.command()
+@app.command(epilog=_examples("grad"))
 def grad(
     program: ProgramArg,
     data: DataOpt = None,
@@ -174,7 +230,7 @@ def grad(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=_examples("hessian"))
 def hessian(
     program: ProgramArg,
     data: DataOpt = None,
@@ -211,7 +267,7 @@ class Optimizer(str, Enum):
     lm = "lm"
 
 
-@app.command()
+@app.command(epilog=_examples("train"))
 def train(
     program: ProgramArg,
     data: DataOpt = None,
@@ -275,7 +331,7 @@ def train(
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        with render.TrainProgress(json_out) as progress:
+        with render.TrainProgress(json_out, eta=optimizer.value in ("adam", "sgd")) as progress:
             run = commands.train(program, data, init, run_options, options, out, history, progress.update,
                                  lambda: interrupted["count"] > 0, Events(events).value, report, plot)
     finally:
@@ -291,7 +347,7 @@ def train(
         raise typer.Exit(1)
 
 
-@app.command()
+@app.command(epilog=_examples("run"))
 def run(
     program: ProgramArg,
     data: DataOpt = None,
@@ -309,7 +365,7 @@ def run(
     render.write_run(report, out)
 
 
-@app.command()
+@app.command(epilog=_examples("plot"))
 def plot(
     program: ProgramArg,
     data: DataOpt = None,
@@ -343,7 +399,7 @@ def _const_dict(const: list[str] | None) -> dict:
     return dict(parse_overrides(const or []))
 
 
-@app.command()
+@app.command(epilog=_examples("bench"))
 def bench(
     program: ProgramArg,
     data: DataOpt = None,

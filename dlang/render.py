@@ -32,10 +32,15 @@ def show(text: str, kind: str) -> None:
     if not console.is_terminal:
         sys.stdout.write(text)
         return
-    if kind in ("ast", "python"):
+    if kind in ("ast", "python", "dlang"):
         from rich.syntax import Syntax
 
-        lexer = "scheme" if kind == "ast" else "python"
+        if kind == "dlang":
+            from .lexer import DlangLexer
+
+            lexer = DlangLexer()  # dlang's own Pygments lexer (pygmentize -l dlang)
+        else:
+            lexer = "scheme" if kind == "ast" else "python"
         console.print(Syntax(text.rstrip("\n"), lexer, background_color="default", word_wrap=False))
         return
     from rich.text import Text
@@ -271,10 +276,14 @@ class TrainProgress:
     or one JSON object per epoch with --json. Progress goes to stderr (JSON to stdout)."""
 
     PLAIN_EVERY = 2.0
+    WIDE = 120  # columns from which the line also shows |grad|, rows/s and the loss's sparkline
 
-    def __init__(self, json_lines: bool):
+    def __init__(self, json_lines: bool, eta: bool = True, console=None):
         self.json_lines = json_lines
-        self.console = _console(stderr=True)
+        # eta: whether the epoch count is the plan (adam, sgd), so the time left can be
+        # estimated; for lbfgs and lm it is only a cap, and the time so far is shown instead
+        self.eta = eta
+        self.console = console or _console(stderr=True)
         self.losses: list[float] = []
         self.progress = None
         self.last_plain = 0.0
@@ -282,12 +291,17 @@ class TrainProgress:
 
     def __enter__(self):
         if not self.json_lines and self.console.is_terminal:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+            wide = self.console.width >= self.WIDE
+            clock = TimeRemainingColumn() if self.eta else TimeElapsedColumn()
+            details = ("loss {task.fields[loss]}  best {task.fields[best]}  |grad| {task.fields[gnorm]}  "
+                       "{task.fields[rate]} rows/s  {task.fields[spark]}") if wide else \
+                "loss {task.fields[loss]}  best {task.fields[best]}"
+            # the count, the bar and the clock keep their width; the details take what is left
             self.progress = Progress(
-                TextColumn("epoch {task.completed:>4}/{task.total}"), BarColumn(), TimeRemainingColumn(),
-                TextColumn("loss {task.fields[loss]}  best {task.fields[best]}  |grad| {task.fields[gnorm]}  "
-                           "{task.fields[rate]} rows/s  {task.fields[spark]}"),
+                TextColumn("epoch {task.completed:>4}/{task.total}"), BarColumn(bar_width=None if wide else 16),
+                clock, TextColumn(details),
                 console=self.console, transient=False)
             self.progress.__enter__()
             self.task = None
