@@ -103,11 +103,14 @@ class Model:
         check_tape_fits(kernels.adjoint, "grad")
         return kernels.grad(table.matrix, p, table.rows)
 
-    def hessian(self, params: dict | None = None, data=None):
-        """The Hessian of the loss (forward over reverse) as a pandas DataFrame whose index and
-        columns are the param entries (w_0, W_0_1, ...; `.to_numpy()` gives the matrix)."""
-        import pandas as pd
+    @property
+    def entry_names(self) -> list[str]:
+        """Every param entry, in the order of the Hessian's rows: drag, w_0, W_0_1, ..."""
+        return _entry_labels(self.program)
 
+    def hessian(self, params: dict | None = None, data=None) -> np.ndarray:
+        """The Hessian of the loss (forward over reverse): a NumPy matrix whose rows and columns
+        are the param entries in declaration order, arrays row-major (`model.entry_names`)."""
         from . import derivatives
         from .commands import HESSIAN_MAX_ENTRIES, require_loss
 
@@ -117,9 +120,7 @@ class Model:
         if total > HESSIAN_MAX_ENTRIES:
             raise InputError(f"the program has {total:,} param entries; a Hessian of more than "
                              f"{HESSIAN_MAX_ENTRIES:,} is not formed (use hvp)")
-        _, _, h, _ = derivatives.hessian(kernels, table.matrix, p, table.rows)
-        names = _entry_labels(kernels.program)
-        return pd.DataFrame(h, index=names, columns=names)
+        return derivatives.hessian(kernels, table.matrix, p, table.rows)[2]
 
     def hvp(self, params: dict | None, data, direction: dict) -> dict:
         """The Hessian times a direction (params-shaped; a param it leaves out has direction 0)."""

@@ -76,8 +76,18 @@ def test_a_notebook_session_gives_the_cli_numbers(sir, run_cli, tmp_path, capsys
     assert frame.attrs["loss"] == pytest.approx(fit.loss, rel=1e-9)
 
     hessian = model.hessian(fit.params, df)
-    assert list(hessian.index) == list(hessian.columns) == model.param_names
-    np.testing.assert_allclose(hessian.to_numpy(), hessian.to_numpy().T, rtol=1e-9)
+    assert isinstance(hessian, np.ndarray) and hessian.shape == (4, 4)
+    assert model.entry_names == model.param_names
+    np.testing.assert_allclose(hessian, hessian.T, rtol=1e-9)
+    params_file = tmp_path / "at.json"
+    params_file.write_text(json.dumps(fit.params))
+    cli_h = _cli_json(run_cli, "hessian", SIR, "--data", SIR_CSV, "--params", params_file, "--json")
+    assert cli_h["names"] == model.entry_names
+    np.testing.assert_allclose(hessian, np.array(cli_h["hessian"]), rtol=1e-9, atol=1e-12)
+    free = [1, 2, 3]  # the errors of the fitted params are sqrt(diag(H^-1)) of the run's loss
+    cov = np.linalg.inv(hessian[np.ix_(free, free)])
+    for k, name in zip(free, ("beta", "gamma", "i0")):
+        assert np.sqrt(cov[free.index(k), free.index(k)]) == pytest.approx(fit.stderr[name], rel=1e-6)
 
     captured = capsys.readouterr()  # the API itself printed nothing (the CLI runs above did)
     assert "FitResult" not in captured.out
