@@ -763,5 +763,6 @@ def bench(program_path: str, data_path: str | None, params_path: str | None,
             seconds[name].append(time.perf_counter() - start)
     result = p.kernels.gradient(p.data, p.params)
     ms = {name: 1e3 * statistics.median(s) for name, s in seconds.items()}
-    return BenchReport(cold, cached, ms["forward"], ms["grad"], p.data.shape[0], used, result.tape_bytes_per_row,
+    rows = p.program.data[0].type.shape[0] if p.program.whole_columns and p.program.data else p.data.shape[0]
+    return BenchReport(cold, cached, ms["forward"], ms["grad"], rows, used, result.tape_bytes_per_row,
                        repeat, ms["jvp"], ms["hvp"])

@@ -200,6 +200,8 @@ class Trainer:
         # the row numbers a user sees (the file's), for faults: a batch's rows keep theirs
         self.row_labels = np.arange(1, data.shape[0] + 1) if row_labels is None else np.asarray(row_labels)
         self.rows = data.shape[0]
+        program = kernels.program  # on whole columns one run reads every data row: rows/s counts those
+        self.rows_per_run = program.data[0].type.shape[0] if program.whole_columns and program.data else 1
         self.options = options.resolved(self.rows)
         self.flat = _Flat(params, {p.name: p.bounds for p in kernels.program.params if p.bounds})
         self.x = self.flat.pack(params)
@@ -248,7 +250,8 @@ class Trainer:
         if math.isfinite(objective) and objective < self.best_objective:
             self.best_objective = objective
             self.best_loss, self.best_x = loss, x.copy()
-        e = Epoch(epoch, self.options.epochs, loss, self.best_loss, grad_norm, rows, seconds, self.flat.unpack(x))
+        e = Epoch(epoch, self.options.epochs, loss, self.best_loss, grad_norm, rows * self.rows_per_run, seconds,
+                  self.flat.unpack(x))
         self.history.append(e)
         if on_epoch:
             on_epoch(e)
