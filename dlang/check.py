@@ -143,6 +143,11 @@ class _Checker:
                 close = difflib.get_close_matches(name, list(self.consts), 1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 self.report(f"--const {name}: the program has no const named '{name}'{hint}", None)
+        for item in self.prog.items:  # a whole column's length is known before any const: const n = len(day)
+            if isinstance(item, n.DataDecl):
+                for d in item.items:
+                    if d.whole:
+                        self.note_length(d.name, self.data_type(d))
         for name, decl in self.consts.items():
             self.const_eval.value_of(name, decl.span)
         self.check_whole_columns()

@@ -96,6 +96,15 @@ def test_len_of_a_whole_column_sizes_an_array(write_program, table, run_cli, tmp
     assert float(r.err.split()[1]) == pytest.approx(float(np.sum((2.0 * x - y) ** 2)), rel=1e-9)
 
 
+def test_a_const_can_be_the_length_of_a_whole_column(write_program, table, run_cli):
+    path, x, _ = table
+    prog = write_program("const n = len(x)\nconst half = n / 2\ndata x[], y[]\nparam a = 1.0\nv = zeros(n)\n"
+                         "loss a * len(v) + half\n")
+    r = run_cli("grad", prog, "--data", path, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["loss"] == pytest.approx(37 + 18.5)
+
+
 def test_check_without_data_and_the_ir_text_reads_back(write_program, run_cli):
     prog = write_program(WHOLE)
     r = run_cli("check", prog)
