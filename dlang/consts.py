@@ -136,6 +136,14 @@ class ConstEvaluator:
         if (isinstance(e, n.Call) and e.func == "len" and len(e.args) == 1 and isinstance(e.args[0], n.Name)
                 and e.args[0].id in self.lengths):
             return self.lengths[e.args[0].id]
+        if isinstance(e, n.Call) and e.func == "int" and len(e.args) == 1:  # const weeks = int(days / 7)
+            v = self._eval(e.args[0], what)
+            if v is None:
+                return None
+            if not abs(v) < INT_MAX:
+                self.report(f"int({v!r}): the value is not finite or too large for an int", e.span)
+                return None
+            return int(v)
         if isinstance(e, n.Call) and e.func in CONST_MATH:
             args = [self._eval(a, what) for a in e.args]
             if any(a is None for a in args):

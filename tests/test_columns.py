@@ -217,6 +217,16 @@ def test_int_of_an_int_and_of_a_literal(write_program, run_cli):
     assert json.loads(r.out)["loss"] == pytest.approx((2.0 + 4.0) * 4)
 
 
+def test_int_in_a_const(write_program, run_cli):
+    prog = write_program("const days = 100\nconst weeks = int(days / 7)\nparam a = 1.0\nv = zeros(weeks)\n"
+                         "loss a * len(v)\n")
+    r = run_cli("grad", prog, "--json")
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["loss"] == 14.0  # int rounds toward zero: 100 / 7 = 14.29
+    _user_error(run_cli("check", write_program("const big = int(1e300)\nparam a = 1.0\nloss a\n", "b.dl")),
+                "b.dl:1:13: error: int(1e+300): the value is not finite or too large for an int")
+
+
 def test_the_sir_gallery_program_reads_whole_columns():
     program, data = load_inputs(str(PROGRAMS / "sir.dl"), str(PROGRAMS / "data" / "sir.csv"), RunOptions())
     assert program.whole_columns and program.data[0].type.shape == (100,)
