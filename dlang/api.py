@@ -106,7 +106,9 @@ class Model:
     @property
     def entry_names(self) -> list[str]:
         """Every param entry, in the order of the Hessian's rows: drag, w_0, W_0_1, ..."""
-        return _entry_labels(self.program)
+        from .commands import param_columns
+
+        return param_columns(self.program)
 
     def hessian(self, params: dict | None = None, data=None) -> np.ndarray:
         """The Hessian of the loss (forward over reverse): a NumPy matrix whose rows and columns
@@ -139,7 +141,8 @@ class Model:
         holds the loss of the run."""
         import pandas as pd
 
-        from .commands import whole_column_run, output_columns
+        from .abi import data_layout
+        from .commands import data_columns, output_columns, whole_column_run
 
         kernels, table, p = self._prepare(params, data)
         losses, outs = kernels.forward_rows(table.matrix, p, table.rows)
@@ -150,9 +153,8 @@ class Model:
             frame.attrs["loss"] = report.mean_loss
             return frame
         columns = {}
-        for d, (col, width) in zip(program.data, _layout(program)):
-            names = [f"{d.name}_{k}" for k in range(width)] if d.type.shape else [d.name]
-            for k, name in enumerate(names):
+        for d, (col, _) in zip(program.data, data_layout(program)):
+            for k, name in enumerate(data_columns(d)):
                 columns[name] = table.matrix[:, col + k]
         columns["loss"] = losses
         for k, name in enumerate(output_columns(program)):
@@ -372,24 +374,6 @@ def _extra_columns(data, names: list[str], rows: int) -> dict:
     return out
 
 
-def _layout(program):
-    from .abi import data_layout
-
-    return data_layout(program)
-
-
-def _entry_labels(program) -> list[str]:
-    """Param entries named as output columns are: w_0, W_0_1."""
-
-    labels = []
-    for p in program.params:
-        if p.type.shape:
-            labels += [p.name + "".join(f"_{i}" for i in idx) for idx in np.ndindex(p.type.shape)]
-        else:
-            labels.append(p.name)
-    return labels
-
-
 def _unbounded(program):
     """The program without param bounds (a direction may point anywhere)."""
     from dataclasses import replace
@@ -401,14 +385,15 @@ def _history_frame(program, epochs: list):
     """The history as a DataFrame: epoch, loss, grad_norm, best_loss, then every param entry."""
     import pandas as pd
 
-    labels = _entry_labels(program)
+    from .commands import param_columns
+    from .derivatives import flatten
+
+    labels = param_columns(program)
     rows = []
     for e in epochs:
         row = {"epoch": e.epoch, "loss": e.loss, "grad_norm": e.grad_norm, "best_loss": e.best_loss}
         if e.params is not None:
-            values = np.concatenate([np.ravel(np.asarray(e.params[p.name], float)) for p in program.params]) \
-                if program.params else []
-            row.update(zip(labels, map(float, values)))
+            row.update(zip(labels, map(float, flatten(program, e.params))))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -388,8 +388,9 @@ def plot_history(out_dir: str, run: "TrainRun", program: Program, title: str) ->
     names = param_columns(program)
     values = None
     if names and all(e.params is not None for e in epochs):
-        values = np.array([np.concatenate([np.ravel(np.asarray(e.params[p.name], float)) for p in program.params])
-                           for e in epochs])
+        from .derivatives import flatten
+
+        values = np.array([flatten(program, e.params) for e in epochs])
     return history_plots(epochs, names, values, out_dir, title)
 
 
@@ -511,7 +512,9 @@ def write_history(path: str, history, start=None, program: Program | None = None
     for e in epochs:
         cells = [str(e.epoch), repr(e.loss), repr(e.grad_norm), repr(e.best_loss)]
         if columns:
-            cells += [repr(float(v)) for p in program.params for v in np.ravel(np.asarray(e.params[p.name], float))]
+            from .derivatives import flatten
+
+            cells += [repr(float(v)) for v in flatten(program, e.params)]
         lines.append(",".join(cells))
     write_text_atomically(path, "\n".join(lines) + "\n")
 
@@ -576,7 +579,8 @@ def whole_column_run(program: Program, data: np.ndarray, loss: float, outs: np.n
     return RunReport(header, np.column_stack(columns), loss, whole_columns=True)
 
 
-def _data_columns(d) -> list[str]:
+def data_columns(d) -> list[str]:
+    """The data file's columns a data input reads: x, or X_0 ... X_{K-1}."""
     return [f"{d.name}_{k}" for k in range(d.type.shape[0])] if d.type.shape else [d.name]
 
 
@@ -640,7 +644,7 @@ def _predict(program: Program, data_path: str, params_path: str | None, options:
     params = load_params(program, params_path)
     kernels = pipeline.compile_kernels(program, options.max_iterations)
     _, outs = kernels.forward_rows(full, params, datafile.rows)
-    header = [c for d in present for c in _data_columns(d)] + output_columns(program)
+    header = [c for d in present for c in data_columns(d)] + output_columns(program)
     return RunReport(header, np.column_stack([datafile.matrix, outs]), None)
 
 

@@ -130,11 +130,7 @@ def read_data(program: Program, path: str | None, drop_bad_rows: bool = False) -
             read_text(path)  # a file the user named must at least exist
         return DataFile(np.zeros((1, 0)))
     if program.whole_columns and path is not None:
-        table = read_data(per_row_view(program), path, drop_bad_rows)
-        if table.matrix.shape[0] != program.data[0].type.shape[0]:
-            raise ValueError(f"the program was checked for columns of {program.data[0].type.shape[0]} rows, "
-                             f"but the data have {table.matrix.shape[0]}")
-        return as_whole_columns(table)
+        return as_whole_columns(read_data(per_row_view(program), path, drop_bad_rows), program)
     if path is None:
         names = ", ".join(d.name for d in program.data)
         raise InputError(f"the program reads data ({names}); give a CSV file with --data")
@@ -172,12 +168,7 @@ def read_table(program: Program, columns: dict, name: str = "the data") -> DataF
     if rows == 0:
         raise _error(name, "has no data rows")
     table = DataFile(np.column_stack(out) if out else np.zeros((rows, 0)), 0, rows)
-    if program.whole_columns:
-        if rows != program.data[0].type.shape[0]:
-            raise ValueError(f"the program was checked for columns of {program.data[0].type.shape[0]} rows, "
-                             f"but the table has {rows}")
-        return as_whole_columns(table)
-    return table
+    return as_whole_columns(table, program) if program.whole_columns else table
 
 
 def per_row_view(program: Program) -> Program:
@@ -189,9 +180,13 @@ def per_row_view(program: Program) -> Program:
     return replace(program, data=tuple(DataInput(d.name, F64) for d in program.data))
 
 
-def as_whole_columns(table: DataFile) -> DataFile:
+def as_whole_columns(table: DataFile, program: Program | None = None) -> DataFile:
     """A rows x columns table as the one row a whole-column program runs on: every row of the
-    first column, then every row of the second, ... (the program's data arrays, in order)."""
+    first column, then every row of the second, ... (the program's data arrays, in order).
+    With `program`, it must have been checked for columns as long as the table."""
+    if program is not None and table.matrix.shape[0] != program.data[0].type.shape[0]:
+        raise ValueError(f"the program was checked for columns of {program.data[0].type.shape[0]} rows, "
+                         f"but the data have {table.matrix.shape[0]}")
     matrix = np.ascontiguousarray(table.matrix.T).reshape(1, -1)
     return DataFile(matrix, table.dropped, table.total, table.first_problem, None)
 

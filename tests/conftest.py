@@ -27,6 +27,14 @@ def _kernel_cache(tmp_path_factory):
         yield
 
 
+def user_error(r, *needles: str) -> None:
+    """A user error: exit 1, no traceback or internal error, every needle in stderr."""
+    assert r.code == 1, (r.code, r.out, r.err)
+    assert "Traceback" not in r.err and "internal error" not in r.err, r.err
+    for needle in needles:
+        assert needle in r.err, f"{needle!r} not in {r.err!r}"
+
+
 @pytest.fixture
 def run_cli(capsys):
     """run_cli(*args) -> CliResult(code, out, err), running `dlang ARGS` in this process."""

@@ -10,6 +10,7 @@ from dlang.commands import RunOptions, grad, load_inputs
 from dlang.irtext import parse_program, print_program
 
 from conftest import PROGRAMS
+from conftest import user_error as _user_error
 
 WHOLE = """\
 data x[], y[]
@@ -28,13 +29,6 @@ param a = 0.5
 param b = 0.1
 loss (a * x + b - y)^2
 """
-
-
-def _user_error(r, *needles: str) -> None:
-    assert r.code == 1, (r.code, r.out, r.err)
-    assert "Traceback" not in r.err and "internal error" not in r.err, r.err
-    for needle in needles:
-        assert needle in r.err, f"{needle!r} not in {r.err!r}"
 
 
 @pytest.fixture

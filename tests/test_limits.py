@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from conftest import user_error as _user_error
+
 HUGE_LOOP = """\
 param k = 0.5
 x = 1.0
@@ -40,13 +42,6 @@ param a = 1.0
 u = log(a * x)
 loss u^2
 """
-
-
-def _user_error(r, *needles):
-    assert r.code == 1, (r.code, r.out, r.err)
-    assert "Traceback" not in r.err and "internal error" not in r.err, r.err
-    for needle in needles:
-        assert needle in r.err, f"{needle!r} not in {r.err!r}"
 
 
 @pytest.fixture
